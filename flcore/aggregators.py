@@ -20,8 +20,8 @@ rules are the robust baselines a defense study compares against:
 from __future__ import annotations
 
 import difflib
-import math
 import inspect
+import math
 from collections.abc import Callable
 
 import torch

@@ -1,0 +1,172 @@
+"""Aggregation rules against hand-computed results on tiny tensors."""
+
+import pytest
+import torch
+
+from flcore import aggregators as agg
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_fedavg_plain_and_weighted():
+    x = t([[1.0, 2.0], [3.0, 6.0]])
+    assert torch.allclose(agg.fedavg(x), t([2.0, 4.0]))
+    assert torch.allclose(agg.fedavg(x, weights=[1.0, 3.0]), t([2.5, 5.0]))
+    assert agg.fedavg(x).dtype == torch.float32
+
+
+def test_fedavg_rejects_bad_weights():
+    x = t([[1.0], [2.0]])
+    with pytest.raises(ValueError, match="weights"):
+        agg.fedavg(x, weights=[1.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        agg.fedavg(x, weights=[1.0, -1.0])
+
+
+def test_median_odd_and_even():
+    odd = t([[1.0, 10.0], [5.0, -3.0], [2.0, 100.0]])
+    assert torch.allclose(agg.coordinate_median(odd), t([2.0, 10.0]))
+    even = t([[1.0, 0.0], [4.0, 8.0], [2.0, 2.0], [100.0, -50.0]])
+    # middle pairs: (2, 4) and (0, 2)
+    assert torch.allclose(agg.coordinate_median(even), t([3.0, 1.0]))
+
+
+def test_trimmed_mean_drops_extremes():
+    x = t([[1.0], [2.0], [3.0], [4.0], [1000.0], [-1000.0], [5.0], [6.0], [7.0], [8.0]])
+    # beta=0.1, k=10: drop one from each end -> mean of 1..8
+    assert torch.allclose(agg.trimmed_mean(x, beta=0.1), t([4.5]))
+    assert torch.allclose(agg.trimmed_mean(x, beta=0.0), agg.fedavg(x))
+    # beta=0.2 drops two from each end: mean of 2..7
+    assert torch.allclose(agg.trimmed_mean(x, beta=0.2), t([4.5]))
+    y = t([[0.0], [1.0], [2.0], [30.0], [-40.0]])
+    assert torch.allclose(agg.trimmed_mean(y, beta=0.2), t([1.0]))
+
+
+@pytest.mark.parametrize("beta", [0.5, -0.1, 0.7])
+def test_trimmed_mean_validation_names_beta(beta):
+    with pytest.raises(ValueError, match=rf"beta={beta}.*k=3"):
+        agg.trimmed_mean(t([[0.0], [1.0], [2.0]]), beta=beta)
+
+
+def _cluster_with_outlier():
+    # four updates near (1, 1), one far outlier
+    return t([[1.0, 1.0], [1.1, 0.9], [0.9, 1.1], [1.0, 1.2], [50.0, -50.0]])
+
+
+def test_krum_scores_by_hand():
+    x = t([[0.0], [1.0], [3.0], [10.0], [11.0]])
+    # k=5, f=1: sum of squared distances to the 2 nearest neighbours
+    expected = torch.tensor([1 + 9, 1 + 4, 4 + 9, 1 + 49, 1 + 64], dtype=torch.float64)
+    assert torch.allclose(agg.krum_scores(x, f=1), expected)
+    assert torch.equal(agg.krum(x, f=1), t([1.0]))  # score 5 is the lowest
+
+
+def test_krum_picks_update_closest_to_neighbours():
+    x = _cluster_with_outlier()
+    out = agg.krum(x, f=1)
+    assert any(torch.equal(out, row) for row in x[:4])
+    scores = agg.krum_scores(x, f=1)
+    assert int(scores.argmax()) == 4
+
+
+def test_multi_krum_excludes_outlier():
+    x = _cluster_with_outlier()
+    idx = agg.multi_krum_select(x, f=1)
+    assert idx.dtype == torch.long and len(idx) == 4  # m defaults to k - f
+    assert 4 not in idx.tolist()
+    assert torch.allclose(agg.multi_krum(x, f=1), x[:4].mean(dim=0))
+    assert torch.equal(agg.multi_krum(x, f=1, m=1), agg.krum(x, f=1))
+
+
+def test_krum_validation_names_k_and_f():
+    x = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"k=4, f=1.*2f \+ 2"):
+        agg.krum(x, f=1)
+    with pytest.raises(ValueError, match="f=-1"):
+        agg.krum_scores(torch.zeros(6, 2), f=-1)
+    with pytest.raises(ValueError, match="m=9"):
+        agg.multi_krum(torch.zeros(5, 2), f=1, m=9)
+
+
+def test_foolsgold_downweights_sybils_keeps_honest():
+    g = torch.Generator().manual_seed(0)
+    honest = torch.randn(3, 100, generator=g)
+    sybil = torch.randn(1, 100, generator=g)
+    x = torch.cat([honest, sybil, sybil.clone()])
+    w = agg.foolsgold_weights(x)
+    assert w.shape == (5,)
+    assert torch.all(w[3:] < 1e-6)
+    assert torch.all(w[:3] > 0.5)
+    out = agg.foolsgold(x)
+    assert torch.allclose(
+        out, (w[:3, None].float() * honest).sum(0) / w[:3].sum().float(), atol=1e-5
+    )
+
+
+def test_foolsgold_history_decides_similarity():
+    g = torch.Generator().manual_seed(1)
+    updates = torch.randn(4, 50, generator=g)
+    # participants 0 and 1 have identical (large) pasts: sybils over time
+    past = torch.randn(4, 50, generator=g)
+    past[1] = past[0]
+    history = 100.0 * past
+    w = agg.foolsgold_weights(updates, history=history)
+    assert w[0] < 0.2 and w[1] < 0.2
+    assert torch.all(w[2:] > 0.5)
+
+
+def test_foolsgold_all_identical_gives_zero_update():
+    x = torch.ones(3, 4)
+    assert torch.all(agg.foolsgold_weights(x) == 0)
+    assert torch.equal(agg.foolsgold(x), torch.zeros(4))
+
+
+def test_registry_and_unknown_name_suggests_closest():
+    assert set(agg.AGGREGATORS) == {
+        "fedavg",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multi_krum",
+        "foolsgold",
+    }
+    assert agg.get_aggregator("krum") is agg.krum
+    with pytest.raises(ValueError, match=r"did you mean 'trimmed_mean'") as info:
+        agg.get_aggregator("trimmed-mean")
+    assert "fedavg" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("fedavg", {}),
+        ("median", {}),
+        ("trimmed_mean", {"beta": 0.2}),
+        ("krum", {"f": 1}),
+        ("multi_krum", {"f": 1, "m": 3}),
+        ("foolsgold", {}),
+    ],
+)
+def test_batched_aggregate_equals_loop(name, params):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 6, 7, generator=g)
+    out = agg.aggregate(name, x, **params)
+    fn = agg.get_aggregator(name)
+    expected = torch.stack([fn(x[r], **params) for r in range(3)])
+    assert out.shape == (3, 7)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_batched_per_repeat_params():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 4, generator=g)
+    w = torch.rand(2, 5, generator=g) + 0.1
+    out = agg.aggregate("fedavg", x, weights=w)
+    assert torch.allclose(out, torch.stack([agg.fedavg(x[r], w[r]) for r in range(2)]))
+    h = torch.randn(2, 5, 4, generator=g)
+    out = agg.aggregate("foolsgold", x, history=h)
+    assert torch.allclose(out, torch.stack([agg.foolsgold(x[r], h[r]) for r in range(2)]))
+    with pytest.raises(TypeError, match="beta"):
+        agg.aggregate("median", x, beta=0.1)
