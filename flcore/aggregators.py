@@ -292,8 +292,7 @@ def foolsgold_weights(
     if top <= 0:
         return torch.zeros(k, dtype=torch.float64, device=x.device)
     alpha = (alpha / top).clamp(max=0.99)
-    with torch.no_grad():
-        logit = torch.log(alpha) - torch.log1p(-alpha)  # -inf for alpha == 0
+    logit = torch.log(alpha) - torch.log1p(-alpha)  # -inf for alpha == 0, clipped to 0 below
     return (kappa * (logit + 0.5)).nan_to_num(neginf=0.0).clamp(0.0, 1.0)
 
 
