@@ -486,7 +486,7 @@ def _encode_frame(df: pd.DataFrame, name: str) -> tuple[pd.DataFrame | None, lis
         header.append(str(col))
     spec = {
         "file": f"{name}.csv",
-        "nrows": int(len(df)),
+        "nrows": len(df),
         "columns": columns,
         "columns_dtype": str(df.columns.dtype),
         "columns_name": _jsonable_label(df.columns.name, f"frame {name!r} columns name"),
@@ -523,17 +523,21 @@ def _read_frame(path: Path, spec: dict, name: str) -> pd.DataFrame:
         _decode_series(raw.iloc[:, i].to_numpy(dtype=object), s, f"{what} field {i}")
         for i, s in enumerate(specs)
     ]
+    # object columns must be wrapped explicitly, or pandas would infer the ``str`` dtype
+    obj = [s["kind"] == "object" for s in specs]
     index_names = spec["index_names"]
     n_index = len(index_names) if index_names is not None else 0
+    levels = [pd.Index(d, dtype=object if o else None) for d, o in zip(decoded, obj)][:n_index]
     if index_names is None:
         index: pd.Index = pd.RangeIndex(nrows)
     elif n_index == 1:
-        index = pd.Index(decoded[0], name=index_names[0])
+        index = levels[0].rename(index_names[0])
     else:
-        index = pd.MultiIndex.from_arrays(
-            [pd.Index(d) for d in decoded[:n_index]], names=index_names
-        )
-    data = {i: decoded[n_index + i] for i in range(len(spec["columns"]))}
+        index = pd.MultiIndex.from_arrays(levels, names=index_names)
+    data = {
+        i: pd.Series(decoded[n_index + i], index=index, dtype=object if obj[n_index + i] else None)
+        for i in range(len(spec["columns"]))
+    }
     df = pd.DataFrame(data, index=index)
     try:
         cols = pd.Index(spec["columns"], dtype=spec["columns_dtype"], name=spec["columns_name"])
@@ -957,6 +961,6 @@ class Store:
         return pd.concat(parts, ignore_index=True, sort=False)
 
 
-def open(path: str | os.PathLike, **kwargs: Any) -> Store:  # noqa: A001 - deliberate API name
+def open(path: str | os.PathLike, **kwargs: Any) -> Store:
     """``flcore.store.open(path).table()``"""
     return Store(path, **kwargs)
