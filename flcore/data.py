@@ -1056,6 +1056,9 @@ def _write_npz_atomic(path: Path, *, key: str, fmt: str, arrays: list[np.ndarray
                     x_test=arrays[2],
                     y_test=arrays[3],
                 )
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, path)
         except BaseException:
             try:
