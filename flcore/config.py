@@ -1,0 +1,242 @@
+"""One experiment's configuration, validated up front.
+
+`Config` holds everything that determines a run's numbers. It is checked completely when it
+is made, and every error names the bad value, what is allowed and the fix, so a sweep never
+dies hours in on a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DATASETS = ("fmnist", "cifar10")
+STRATEGIES = ("random", "early", "late", "availability")
+PARTITIONS = ("iid", "dirichlet")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("fast", "reference")
+RECORD_UPDATES = ("none", "source", "all")
+
+# The reference code's hyperparameters (SPEC §5). lr_step is in *participant* epochs, as in
+# the reference code; see `Config.lr_at` for how it maps to global rounds.
+DATASET_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "fmnist": dict(batch_size=4, lr=0.001, momentum=0.9, lr_step=10, lr_gamma=0.1),
+    "cifar10": dict(batch_size=10, lr=0.01, momentum=0.5, lr_step=50, lr_gamma=0.5),
+}
+LR_MIN = 1e-10
+NUM_CLASSES = 10
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the value and the fix."""
+
+
+def suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: a federation, an attack, a selection strategy and its repeats.
+
+    Rounds are numbered 1..rounds. The break round b splits a run for the timing and
+    availability studies: "early" lets malicious participants be selected only in rounds
+    r < b, "late" and "availability" only in rounds r >= b.
+    """
+
+    dataset: str = "fmnist"
+    m: float = 0.0  # m%: fraction of malicious participants (paper Table 1), in [0, 1]
+    src: int = 4  # c_src: the class whose labels malicious participants flip ...
+    tgt: int = 6  # ... into c_tgt
+    rounds: int = 200  # R: global rounds
+    num_participants: int = 50  # N
+    k: int = 5  # participants selected per round
+    strategy: str = "random"
+    alpha: float | None = None  # α: malicious availability (strategy "availability")
+    break_round: int = 75
+    repeats: int = 1
+    seed: int = 0
+    # training (None = the dataset's reference value, SPEC §5)
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    lr_step: int | None = None
+    lr_gamma: float | None = None
+    local_epochs: int = 1
+    # data
+    partition: str = "iid"
+    beta: float = 0.5  # Dirichlet concentration for partition="dirichlet"
+    n_train: int | None = None  # class-balanced subset of the training set (None = all)
+    n_test: int | None = None  # class-balanced subset of the test set (None = all)
+    eval_every: int = 1  # evaluate every this many rounds (the last round always)
+    record_updates: str = "none"  # keep each selected participant's output-layer update
+    # aggregation and defense
+    aggregator: str = "fedavg"
+    aggregator_params: dict = field(default_factory=dict)
+    defense: str | None = None  # "pca": the online PCA detector (flcore.defense)
+    defense_params: dict = field(default_factory=dict)
+    # execution (device and precision change float rounding, so they are part of the key)
+    device: str = "auto"
+    precision: str = "auto"
+    engine: str = "fast"
+
+    def __post_init__(self) -> None:
+        defaults = DATASET_DEFAULTS.get(self.dataset, {})
+        if self.dataset in DATASET_DEFAULTS:
+            for name, value in defaults.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+        self._validate()
+
+    # ---- derived values -------------------------------------------------------------
+    @property
+    def num_malicious(self) -> int:
+        """N·m% rounded to the nearest integer (halves round up): m=3% of 50 gives 2."""
+        return int(math.floor(self.num_participants * self.m + 0.5 + 1e-9))
+
+    @property
+    def lr_step_rounds(self) -> int:
+        """The LR schedule's step in global rounds.
+
+        Participants are stateless here (a fresh optimizer each round, the standard FedAvg
+        reading). The reference code's per-participant scheduler advances only when that
+        participant is selected, about every N/k rounds, so its step of `lr_step` epochs is
+        `lr_step * N / k` global rounds.
+        """
+        return max(1, round(self.lr_step * self.num_participants / self.k))
+
+    def lr_at(self, rnd: int) -> float:
+        """Learning rate of global round `rnd` (1-based)."""
+        steps = (rnd - 1) // self.lr_step_rounds
+        return max(self.lr * self.lr_gamma**steps, LR_MIN)
+
+    def eval_rounds(self) -> list[int]:
+        return [r for r in range(1, self.rounds + 1) if r % self.eval_every == 0 or r == self.rounds]
+
+    def replace(self, **changes: Any) -> Config:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(f"unknown config field {name!r}{suggest(name, self.field_names())}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        valid = cls.field_names()
+        for name in d:
+            if name not in valid:
+                raise ConfigError(
+                    f"unknown config field {name!r}{suggest(name, valid)} (valid: {', '.join(valid)})"
+                )
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict:
+        """The fields that determine the numbers (for the result store's hash)."""
+        return self.to_dict()
+
+    # ---- validation ---------------------------------------------------------------------
+    def _validate(self) -> None:
+        def fail(msg: str) -> None:
+            raise ConfigError(msg)
+
+        def check_type(name: str, types, what: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, types):
+                fail(f"{name}={v!r} ({type(v).__name__}): {name} must be {what}")
+
+        def choice(name: str, valid) -> None:
+            v = getattr(self, name)
+            if v not in valid:
+                fail(f"{name}={v!r}: unknown {name}{suggest(v, valid)} (valid: {', '.join(map(str, valid))})")
+
+        choice("dataset", DATASETS)
+        choice("strategy", STRATEGIES)
+        choice("partition", PARTITIONS)
+        choice("precision", PRECISIONS)
+        choice("device", DEVICES)
+        choice("engine", ENGINES)
+        choice("record_updates", RECORD_UPDATES)
+
+        for name in ("rounds", "num_participants", "k", "repeats", "batch_size", "local_epochs",
+                     "lr_step", "eval_every"):  # fmt: skip
+            check_type(name, int, "a positive integer")
+            if getattr(self, name) <= 0:
+                fail(f"{name}={getattr(self, name)}: {name} must be a positive integer (>= 1)")
+        check_type("seed", int, "an integer")
+        if self.seed < 0:
+            fail(f"seed={self.seed}: the seed must be >= 0")
+        for name in ("m", "lr", "momentum", "lr_gamma", "beta"):
+            check_type(name, (int, float), "a number")
+            if not math.isfinite(getattr(self, name)):
+                fail(f"{name}={getattr(self, name)}: {name} must be a finite number")
+        if not 0.0 <= self.m <= 1.0:
+            hint = f"; did you mean {self.m / 100:g} ({self.m:g}%)?" if 1 < self.m <= 100 else ""
+            fail(f"m={self.m}: the malicious fraction must be in [0, 1]{hint}")
+        if self.lr <= 0:
+            fail(f"lr={self.lr}: the learning rate must be > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            fail(f"momentum={self.momentum}: SGD momentum must be in [0, 1)")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            fail(f"lr_gamma={self.lr_gamma}: the LR decay factor must be in (0, 1]")
+        if self.beta <= 0:
+            fail(f"beta={self.beta}: the Dirichlet concentration must be > 0 (small = more skewed)")
+        if self.k > self.num_participants:
+            fail(f"k={self.k} > num_participants={self.num_participants}: cannot select more "
+                 f"participants per round than exist; lower k or raise num_participants")  # fmt: skip
+        for name in ("src", "tgt"):
+            check_type(name, int, f"a class index in 0..{NUM_CLASSES - 1}")
+            if not 0 <= getattr(self, name) < NUM_CLASSES:
+                fail(f"{name}={getattr(self, name)}: class must be in 0..{NUM_CLASSES - 1} "
+                     f"for {self.dataset}")  # fmt: skip
+        if self.src == self.tgt:
+            fail(f"src=tgt={self.src}: label flipping needs two different classes")
+        check_type("break_round", int, "an integer round")
+        if not 0 <= self.break_round <= self.rounds:
+            fail(f"break_round={self.break_round}: must be in [0, rounds={self.rounds}]; "
+                 f"lower it or raise rounds")  # fmt: skip
+        if self.strategy == "availability":
+            if self.alpha is None:
+                fail("alpha=None: strategy 'availability' needs alpha in [0, 1], e.g. alpha=0.9")
+            check_type("alpha", (int, float), "a number in [0, 1]")
+            if not 0.0 <= self.alpha <= 1.0:
+                fail(f"alpha={self.alpha}: the malicious availability must be in [0, 1]")
+        elif self.alpha is not None:
+            check_type("alpha", (int, float), "a number in [0, 1]")
+            if not 0.0 <= self.alpha <= 1.0:
+                fail(f"alpha={self.alpha}: the malicious availability must be in [0, 1]")
+            fail(f"alpha={self.alpha} is only used by strategy 'availability' "
+                 f"(strategy={self.strategy!r}); drop alpha or set strategy='availability'")  # fmt: skip
+        honest = self.num_participants - self.num_malicious
+        if self.strategy in ("early", "late", "availability") and honest < self.k:
+            fail(f"m={self.m}: only {honest} honest participants, but strategy {self.strategy!r} "
+                 f"needs k={self.k} honest ones for its honest-only rounds; lower m or k")  # fmt: skip
+        for name in ("n_train", "n_test"):
+            v = getattr(self, name)
+            if v is not None:
+                check_type(name, int, "a positive integer or None (all)")
+                if v < NUM_CLASSES:
+                    fail(f"{name}={v}: a class-balanced subset needs at least {NUM_CLASSES} images")
+        if self.n_train is not None and self.n_train < self.num_participants * self.batch_size:
+            fail(f"n_train={self.n_train}: each of the {self.num_participants} participants needs "
+                 f"at least one batch of {self.batch_size}; raise n_train to at least "
+                 f"{self.num_participants * self.batch_size}")  # fmt: skip
+        if not isinstance(self.aggregator_params, dict) or not isinstance(self.defense_params, dict):
+            fail("aggregator_params and defense_params must be dicts")
+        if self.aggregator != "fedavg":
+            from flcore.aggregators import AGGREGATORS
+
+            choice("aggregator", tuple(AGGREGATORS))
+        if self.defense is not None:
+            choice("defense", ("pca",))
