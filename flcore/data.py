@@ -806,12 +806,18 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 
 
 def _tar_opener(tf: tarfile.TarFile, path: Path) -> Callable[[str], tuple[bytes, str]]:
+    """Read the batch files out of the archive in one sequential pass (no backward seeks,
+    which would re-decompress a .tar.gz from the start for every member)."""
+    wanted = {*_CIFAR_TRAIN_BATCHES, _CIFAR_TEST_BATCH}
+    blobs: dict[str, bytes] = {}
     try:
-        members = {
-            m.name.rsplit("/", 1)[-1]: m
-            for m in tf.getmembers()
-            if m.isfile() and "cifar-10-batches-py/" in "/" + m.name
-        }
+        for m in tf:
+            base = m.name.rsplit("/", 1)[-1]
+            if (m.isfile() and base in wanted and base not in blobs
+                    and ("/" + m.name).endswith("cifar-10-batches-py/" + base)):
+                f = tf.extractfile(m)
+                assert f is not None
+                blobs[base] = f.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DatasetFormatError(
             f"{path}: the archive is truncated or corrupted ({type(e).__name__}: {e}); get a "
@@ -819,22 +825,12 @@ def _tar_opener(tf: tarfile.TarFile, path: Path) -> Callable[[str], tuple[bytes,
         ) from e
 
     def get(name: str) -> tuple[bytes, str]:
-        src = f"{path}:cifar-10-batches-py/{name}"
-        m = members.get(name)
-        if m is None:
+        if name not in blobs:
             raise DatasetFormatError(
                 f"{path}: no cifar-10-batches-py/{name} inside; the archive is incomplete. "
                 "Get a fresh cifar-10-python.tar.gz."
             )
-        try:
-            f = tf.extractfile(m)
-            assert f is not None
-            return f.read(), src
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-            raise DatasetFormatError(
-                f"{src}: cannot be read from the archive ({type(e).__name__}: {e}); the archive "
-                "is truncated or corrupted."
-            ) from e
+        return blobs[name], f"{path}:cifar-10-batches-py/{name}"
 
     return get
 

@@ -291,6 +291,32 @@ def test_cifar_py_tar_gz(tmp_path):
     assert not (root / "cifar-10-batches-py").exists()  # read in place, nothing extracted
 
 
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+
+
+class Py2StyleArray:
+    """Pickles like a numpy array written by Python 2: the raw data is a (latin-1) str."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __reduce__(self):
+        state = (1, self.a.shape, self.a.dtype, False, self.a.tobytes().decode("latin1"))
+        return (_RECONSTRUCT, (np.ndarray, (0,), "b"), state)
+
+
+def test_cifar_py2_style_batches(tmp_path):
+    """The official files come from Python 2: str keys, array payload as a str."""
+    d = tmp_path / "cifar-10-batches-py"
+    batches = make_cifar_py(d)
+    for name, b in batches.items():
+        py2 = {k.decode(): v for k, v in b.items()}
+        py2["data"] = Py2StyleArray(b[b"data"])
+        py2["batch_label"] = b[b"batch_label"].decode()
+        (d / name).write_bytes(pickle.dumps(py2, protocol=2))
+    check_cifar_py(load_dataset("cifar10", root=tmp_path, download=False), batches)
+
+
 def test_cifar_found_via_well_known_place(tmp_path, monkeypatch):
     batches = make_cifar_py(tmp_path / "wk" / "cifar-10-batches-py")
     monkeypatch.setattr(D, "CIFAR_WELL_KNOWN", [str(tmp_path / "missing"), str(tmp_path / "wk")])
