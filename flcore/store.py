@@ -96,6 +96,7 @@ DEFAULT_STALE_TMP_AGE = 3600.0
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _RESERVED_FRAME_NAMES = {"MANIFEST", "config", "meta", "arrays"}
+_MASKED_RE = re.compile(r"^(U?Int(8|16|32|64)|Float(32|64)|boolean)$")
 _CHUNK = 1 << 20
 
 _open = builtins.open  # the module defines its own ``open`` below
@@ -171,8 +172,6 @@ def normalise(obj: Any, _where: str = "config") -> Any:
     if isinstance(obj, (list, tuple)):
         return [normalise(v, f"{_where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            return normalise(obj.tolist(), _where)
         return normalise(obj.tolist(), _where)
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
@@ -332,7 +331,7 @@ def _encode_series(s: pd.Series | pd.Index, what: str) -> tuple[np.ndarray, dict
             "na_value": "NA" if dtype.na_value is pd.NA else "nan",
             "nulls": _null_positions(mask),
         }
-    if isinstance(dtype, pd.api.extensions.ExtensionDtype) and hasattr(s.array, "_mask"):
+    if isinstance(dtype, pd.api.extensions.ExtensionDtype) and _MASKED_RE.match(dtype.name):
         # nullable Int*/UInt*/Float*/boolean
         mask = np.asarray(pd.isna(s))
         base = np.dtype(dtype.numpy_dtype)
@@ -948,7 +947,7 @@ class Store:
             def add(name: str, value: Any, prefix: str, df=df, taken=taken) -> None:
                 col = name if name not in taken else f"{prefix}{name}"
                 taken.add(col)
-                df[col] = [value] * len(df) if isinstance(value, tuple) else value
+                df[col] = [value] * len(df)
 
             for name, value in _flatten(entry.config).items():
                 add(name, value, "config.")
