@@ -16,7 +16,7 @@ from typing import Any
 DATASETS = ("fmnist", "cifar10")
 STRATEGIES = ("random", "early", "late", "availability")
 PARTITIONS = ("iid", "dirichlet")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp64")  # fp64: for verifying the engines against each other
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("fast", "reference")
 RECORD_UPDATES = ("none", "source", "all")
@@ -203,7 +203,7 @@ class Config:
         if self.src == self.tgt:
             fail(f"src=tgt={self.src}: label flipping needs two different classes")
         check_type("break_round", int, "an integer round")
-        if not 0 <= self.break_round <= self.rounds:
+        if self.strategy != "random" and not 0 <= self.break_round <= self.rounds:
             fail(f"break_round={self.break_round}: must be in [0, rounds={self.rounds}]; "
                  f"lower it or raise rounds")  # fmt: skip
         if self.strategy == "availability":

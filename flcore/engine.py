@@ -1,0 +1,631 @@
+"""The federated simulator: FedAvg with label-flipping participants (SPEC §1–§5).
+
+`run(config)` trains `config.repeats` independent federations and returns a `Result`.
+Two implementations sit behind it and agree to float tolerance:
+
+- `engine="reference"`: the textbook loop. One `nn.Module` and one `torch.optim.SGD` per
+  selected participant, one repeat after another. Small and obviously right.
+- `engine="fast"` (default): every selected participant of a round *and* every repeat train
+  at once as one stacked model (`flcore.models.stacked_forward`: grouped convolutions and
+  batched matmuls over a leading model dimension). One SGD step advances all of them, FedAvg
+  is a mean over the stacked dimension, and all repeats' global models are evaluated on the
+  test set in one batched pass.
+
+Both draw every random choice from `flcore.attacks` streams keyed by (seed, repeat, ...), so
+they select the same participants, shuffle the same way and start from the same weights.
+
+Local training (documented choices):
+- participants are stateless: a fresh SGD momentum buffer every round;
+- the learning rate follows the global round (`Config.lr_at`);
+- an epoch is `floor(n_i / batch_size)` full batches of a fresh shuffle of the participant's
+  share (with the paper's iid shares of 1,200 / 1,000 images nothing is dropped);
+- CIFAR-10 training batches get a random horizontal flip and a random crop with 4 pixels of
+  zero padding, drawn per sample from the participant's stream.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from flcore import __version__
+from flcore.attacks import (
+    STREAM_INIT,
+    STREAM_LOCAL,
+    STREAM_PARTITION,
+    flip_labels,
+    malicious_set,
+    select_participants,
+    torch_generator,
+    torch_seed_for,
+)
+from flcore.config import NUM_CLASSES, Config
+from flcore.data import Dataset, augment_crop_flip, load_dataset, partition_dirichlet, partition_iid
+from flcore.models import (
+    ARCHITECTURES,
+    build_model,
+    float_keys,
+    init_state,
+    last_linear_weight_name,
+    stack_states,
+    stacked_forward,
+)
+
+AUGMENT = {"fmnist": False, "cifar10": True}
+
+
+# ------------------------------------------------------------------------------------------
+# Execution environment
+# ------------------------------------------------------------------------------------------
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but no CUDA GPU is visible to PyTorch; use device='cpu' or 'auto'")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto` picks bf16 autocast only where the hardware runs it fast.
+
+    CUDA: GPUs with native bf16. CPU: AMX (Sapphire Rapids and later) or AVX512-BF16 (e.g. AMD
+    Zen 4); on AVX2-only CPUs bf16 is emulated and several times slower than fp32.
+    """
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    flags = cpu_flags()
+    return "bf16" if {"amx_bf16", "avx512_bf16"} & flags else "fp32"
+
+
+def _dtype(precision: str) -> torch.dtype:
+    """Storage and compute dtype of parameters and activations (bf16 runs under autocast)."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+def _to_dtype(state: dict[str, torch.Tensor], dtype: torch.dtype, device: str) -> dict:
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in state.items()}
+
+
+def _autocast(device: str, precision: str):
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What a run produces; everything a table or figure needs.
+
+    rounds:     DataFrame, one row per (repeat, round): accuracy (M_acc, %), n_malicious
+                (malicious participants selected), lr, train_loss (mean over the selected
+                participants' batches), diverged (bool); accuracy is NaN in rounds that
+                were not evaluated (`eval_every`) and after a divergence.
+    recall:     DataFrame, one row per (repeat, evaluated round, class): recall (%).
+    confusion:  int64 [repeats, n_eval, C, C] (true class, predicted class).
+    eval_rounds: int64 [n_eval], the evaluated rounds (1-based).
+    selected:   int64 [repeats, rounds, k], participant ids per round.
+    malicious:  int64 [repeats, N·m%], malicious participant ids.
+    updates:    float32 [repeats, rounds, k, C' , F] or None: each selected participant's
+                update (θ_{r,i} − θ_{r−1}) of the output layer's weight; C' = 1 (source row
+                only, `record_updates="source"`) or C (`"all"`).
+    """
+
+    config: Config
+    rounds: pd.DataFrame
+    recall: pd.DataFrame
+    confusion: np.ndarray
+    eval_rounds: np.ndarray
+    selected: np.ndarray
+    malicious: np.ndarray
+    updates: np.ndarray | None = None
+    excluded: pd.DataFrame | None = None
+    meta: dict = field(default_factory=dict)
+
+    def final(self) -> pd.DataFrame:
+        """One row per repeat: the last round's accuracy and source/target recall (%)."""
+        last = int(self.eval_rounds[-1])
+        rec = self.recall[self.recall["round"] == last].pivot(index="repeat", columns="cls", values="recall")
+        rows = self.rounds[self.rounds["round"] == last].set_index("repeat")
+        out = pd.DataFrame(
+            {
+                "repeat": rec.index.values,
+                "accuracy": rows.loc[rec.index, "accuracy"].values,
+                "source_recall": rec[self.config.src].values,
+                "target_recall": rec[self.config.tgt].values,
+                "diverged": rows.loc[rec.index, "diverged"].values,
+            }
+        )
+        return out
+
+    def summary(self) -> pd.DataFrame:
+        """Final accuracy and source recall, mean and std over the non-diverged repeats."""
+        f = self.final()
+        ok = f[~f["diverged"]]
+        return pd.DataFrame(
+            {
+                "mean": ok[["accuracy", "source_recall", "target_recall"]].mean(),
+                "std": ok[["accuracy", "source_recall", "target_recall"]].std(ddof=1),
+                "runs": len(ok),
+            }
+        )
+
+    # ---- persistence (flcore.store) ---------------------------------------------------------
+    def to_store(self) -> tuple[dict, dict, dict]:
+        frames = {"rounds": self.rounds, "recall": self.recall, "final": self.final()}
+        if self.excluded is not None:
+            frames["excluded"] = self.excluded
+        arrays = {
+            "confusion": self.confusion,
+            "eval_rounds": self.eval_rounds,
+            "selected": self.selected,
+            "malicious": self.malicious,
+        }
+        if self.updates is not None:
+            arrays["updates"] = self.updates
+        return frames, arrays, self.meta
+
+    @classmethod
+    def from_store(cls, config: Config, frames: dict, arrays: dict, meta: dict) -> Result:
+        return cls(
+            config=config,
+            rounds=frames["rounds"],
+            recall=frames["recall"],
+            confusion=arrays["confusion"],
+            eval_rounds=arrays["eval_rounds"],
+            selected=arrays["selected"],
+            malicious=arrays["malicious"],
+            updates=arrays.get("updates"),
+            excluded=frames.get("excluded"),
+            meta=meta,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Shared preparation
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything random about a run, drawn up front (identical for both engines)."""
+
+    data: Dataset
+    shares: list[list[torch.Tensor]]  # [repeat][participant] -> int64 indices into x_train
+    malicious: np.ndarray  # [repeats, n_mal]
+    is_malicious: np.ndarray  # bool [repeats, N]
+    selected: np.ndarray  # [repeats, rounds, k]
+    init: list[dict[str, torch.Tensor]]  # per repeat initial global state
+
+
+def load_data(cfg: Config, data: Dataset | None = None, data_root=None) -> Dataset:
+    if data is None:
+        data = load_dataset(cfg.dataset, root=data_root, progress=False)
+    if cfg.n_train is not None or cfg.n_test is not None:
+        data = data.subset(cfg.n_train, cfg.n_test, seed=cfg.seed)
+    return data
+
+
+def make_plan(cfg: Config, data: Dataset) -> Plan:
+    shares, mal, sel, init = [], [], [], []
+    is_mal = np.zeros((cfg.repeats, cfg.num_participants), dtype=bool)
+    n = len(data.y_train)
+    for j in range(cfg.repeats):
+        gen = torch_generator(cfg.seed, j, STREAM_PARTITION)
+        if cfg.partition == "iid":
+            parts = list(partition_iid(n, cfg.num_participants, gen))
+        else:
+            parts = partition_dirichlet(data.y_train, cfg.num_participants, cfg.beta, gen,
+                                        min_size=cfg.batch_size)  # fmt: skip
+        shares.append(parts)
+        mal_j = malicious_set(cfg, j)
+        mal.append(mal_j)
+        is_mal[j, mal_j] = True
+        sel.append(select_participants(cfg, j, mal_j))
+        init.append(init_state(cfg.dataset, torch_seed_for(cfg.seed, j, STREAM_INIT)))
+    return Plan(data, shares, np.stack(mal) if mal else np.zeros((0, 0), np.int64), is_mal,
+                np.stack(sel), init)  # fmt: skip
+
+
+def local_schedule(cfg: Config, share: torch.Tensor, repeat: int, rnd: int, participant: int):
+    """One participant's local epochs in round `rnd`: sample order and augmentation draws.
+
+    Returns (order int64 [steps*B], flips bool [steps*B], offsets int64 [steps*B, 2]) where
+    steps = local_epochs * floor(n_i / B).
+    """
+    g = torch_generator(cfg.seed, repeat, STREAM_LOCAL, rnd, participant)
+    B = cfg.batch_size
+    per_epoch = (len(share) // B) * B
+    order = torch.cat([share[torch.randperm(len(share), generator=g)[:per_epoch]]
+                       for _ in range(cfg.local_epochs)])  # fmt: skip
+    n = len(order)
+    flips = torch.rand(n, generator=g) < 0.5
+    offsets = torch.randint(0, 9, (n, 2), generator=g)
+    return order, flips, offsets
+
+
+def _evaluation_arrays(cfg: Config, data: Dataset, device: str):
+    x = data.x_test.to(device)
+    y = data.y_test.to(device)
+    return x, y
+
+
+def _prepare_images(x_u8: torch.Tensor, data: Dataset, dtype=torch.float32) -> torch.Tensor:
+    mean = torch.tensor(data.mean, dtype=dtype, device=x_u8.device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, dtype=dtype, device=x_u8.device).view(1, -1, 1, 1)
+    return (x_u8.to(dtype) / 255.0 - mean) / std
+
+
+def _confusion(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """[..., n] true and predicted labels -> int64 [..., C, C]."""
+    lead = pred.shape[:-1]
+    flat = (y * NUM_CLASSES + pred).reshape(-1, pred.shape[-1])
+    offs = torch.arange(flat.shape[0], device=flat.device).unsqueeze(1) * NUM_CLASSES**2
+    counts = torch.bincount((flat + offs).reshape(-1), minlength=flat.shape[0] * NUM_CLASSES**2)
+    return counts.view(*lead, NUM_CLASSES, NUM_CLASSES)
+
+
+def _frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarray,
+            losses: np.ndarray, diverged_at: np.ndarray):  # fmt: skip
+    """Tidy per-round and per-class frames from the raw arrays."""
+    R, T = cfg.repeats, cfg.rounds
+    n_mal = plan.is_malicious[np.arange(R)[:, None, None], plan.selected].sum(-1)  # [R, T]
+    correct = np.trace(confusion, axis1=-2, axis2=-1)
+    totals = confusion.sum(axis=(-2, -1))
+    acc = np.full((R, T), np.nan)
+    acc[:, eval_rounds - 1] = 100.0 * correct / np.maximum(totals, 1)
+    rnd = np.arange(1, T + 1)
+    diverged = rnd[None, :] >= diverged_at[:, None]
+    acc[diverged] = np.nan
+    rounds = pd.DataFrame(
+        {
+            "repeat": np.repeat(np.arange(R), T),
+            "round": np.tile(rnd, R),
+            "accuracy": acc.reshape(-1),
+            "n_malicious": n_mal.reshape(-1).astype(np.int64),
+            "lr": np.tile([cfg.lr_at(r) for r in rnd], R),
+            "train_loss": losses.reshape(-1),
+            "diverged": diverged.reshape(-1),
+        }
+    )
+    support = confusion.sum(-1)  # [R, E, C]
+    recall = 100.0 * np.diagonal(confusion, axis1=-2, axis2=-1) / np.maximum(support, 1)
+    recall = np.where(support > 0, recall, np.nan)
+    recall[diverged[:, eval_rounds - 1]] = np.nan
+    E = len(eval_rounds)
+    rec = pd.DataFrame(
+        {
+            "repeat": np.repeat(np.arange(R), E * NUM_CLASSES),
+            "round": np.tile(np.repeat(eval_rounds, NUM_CLASSES), R),
+            "cls": np.tile(np.arange(NUM_CLASSES), R * E),
+            "recall": recall.reshape(-1),
+        }
+    )
+    return rounds, rec
+
+
+# ------------------------------------------------------------------------------------------
+# Reference engine
+# ------------------------------------------------------------------------------------------
+
+
+def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progress) -> dict:
+    data = plan.data
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = _evaluation_arrays(cfg, data, device)
+    eval_rounds = np.asarray(cfg.eval_rounds())
+    R, T, k = cfg.repeats, cfg.rounds, cfg.k
+    confusion = np.zeros((R, len(eval_rounds), NUM_CLASSES, NUM_CLASSES), np.int64)
+    losses = np.zeros((R, T))
+    diverged_at = np.full(R, T + 1)
+    updates = _updates_buffer(cfg)
+    w_name = last_linear_weight_name(cfg.dataset)
+    dtype = _dtype(precision)
+    model = build_model(cfg.dataset).to(device, dtype)
+    for j in range(R):
+        global_state = _to_dtype(plan.init[j], dtype, device)
+        e = 0
+        for r in range(1, T + 1):
+            returned = []
+            for s, p in enumerate(plan.selected[j, r - 1]):
+                model.load_state_dict(global_state)
+                model.train()
+                opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_at(r), momentum=cfg.momentum)
+                order, flips, offsets = local_schedule(cfg, plan.shares[j][p], j, r, int(p))
+                labels = flip_labels(y_train[order], torch.tensor(bool(plan.is_malicious[j, p])),
+                                     cfg.src, cfg.tgt)  # fmt: skip
+                total = 0.0
+                for b in range(0, len(order), cfg.batch_size):
+                    sl = slice(b, b + cfg.batch_size)
+                    x = _prepare_images(x_train[order[sl]], data, dtype)
+                    if AUGMENT[cfg.dataset]:
+                        x = augment_crop_flip(x, flips[sl], offsets[sl])
+                    with _autocast(device, precision):
+                        out = model(x)
+                    loss = F.cross_entropy(out.to(dtype), labels[sl])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+                losses[j, r - 1] += total / (len(order) // cfg.batch_size) / k
+                returned.append({kk: v.detach().clone() for kk, v in model.state_dict().items()})
+                if updates is not None:
+                    delta = returned[-1][w_name] - global_state[w_name]
+                    updates[j, r - 1, s] = _update_rows(cfg, delta).cpu().numpy()
+            new_state = dict(returned[0])
+            for kk in float_keys(global_state):
+                new_state[kk] = torch.stack([st[kk] for st in returned]).mean(0)
+            global_state = new_state
+            if diverged_at[j] > T and not all(torch.isfinite(global_state[kk]).all() for kk in float_keys(global_state)):
+                diverged_at[j] = r
+            if r in eval_rounds:
+                model.load_state_dict(global_state)
+                model.eval()
+                preds = []
+                with torch.no_grad(), _autocast(device, precision):
+                    for b in range(0, len(y_test), 1000):
+                        preds.append(model(_prepare_images(x_test[b : b + 1000], data, dtype)).argmax(1))
+                confusion[j, e] = _confusion(y_test, torch.cat(preds)).cpu().numpy()
+                e += 1
+            if progress is not None:
+                progress.update(1)
+    return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
+                diverged_at=diverged_at, updates=updates)  # fmt: skip
+
+
+def _updates_buffer(cfg: Config) -> np.ndarray | None:
+    if cfg.record_updates == "none":
+        return None
+    rows = 1 if cfg.record_updates == "source" else NUM_CLASSES
+    features = ARCHITECTURES[cfg.dataset][-1].args[0]
+    return np.zeros((cfg.repeats, cfg.rounds, cfg.k, rows, features), np.float32)
+
+
+def _update_rows(cfg: Config, delta: torch.Tensor) -> torch.Tensor:
+    """Output-layer weight update [..., C, F] -> the rows that are recorded."""
+    return delta[..., cfg.src : cfg.src + 1, :] if cfg.record_updates == "source" else delta
+
+
+# ------------------------------------------------------------------------------------------
+# Fast engine
+# ------------------------------------------------------------------------------------------
+
+
+def _eval_chunk(G: int, first_channels: int, hw: int) -> int:
+    """Test images per batched evaluation pass: keeps one activation near 64 Mi elements."""
+    return int(max(16, min(1000, 64 * 2**20 // (G * first_channels * hw))))
+
+
+def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) -> dict:
+    data = plan.data
+    spec = ARCHITECTURES[cfg.dataset]
+    R, T, k, B = cfg.repeats, cfg.rounds, cfg.k, cfg.batch_size
+    G = R * k
+    C, H, W = data.x_train.shape[1:]
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = _evaluation_arrays(cfg, data, device)
+    dtype = _dtype(precision)
+    mean = torch.tensor(data.mean, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
+    std = torch.tensor(data.std, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
+    mean_e, std_e = mean[:, : R * C], std[:, : R * C]
+    is_mal = torch.as_tensor(plan.is_malicious, device=device)
+    eval_rounds = np.asarray(cfg.eval_rounds())
+    confusion = np.zeros((R, len(eval_rounds), NUM_CLASSES, NUM_CLASSES), np.int64)
+    losses = np.zeros((R, T))
+    diverged_at = np.full(R, T + 1)
+    updates = _updates_buffer(cfg)
+    w_name = last_linear_weight_name(cfg.dataset)
+    fkeys = float_keys(plan.init[0])
+    param_keys = [kk for kk in fkeys if not kk.endswith(("running_mean", "running_var"))]
+    glob = _to_dtype(stack_states(plan.init), dtype, device)  # [R, ...]
+    cl = torch.channels_last
+    chunk = _eval_chunk(R, spec[0].args[1], H * W)
+    e = 0
+    for r in range(1, T + 1):
+        # --- this round's data for each of the G = R*k models -----------------------------
+        orders, flips, offsets, mal_rows = [], [], [], []
+        for j in range(R):
+            for p in plan.selected[j, r - 1]:
+                o, f, off = local_schedule(cfg, plan.shares[j][p], j, r, int(p))
+                orders.append(o)
+                flips.append(f)
+                offsets.append(off)
+                mal_rows.append(bool(plan.is_malicious[j, p]))
+        lengths = {len(o) for o in orders}
+        if len(lengths) != 1:
+            return _unequal_shares_error(lengths)
+        order = torch.stack(orders).to(device)  # [G, n]
+        labels = flip_labels(y_train[order], torch.tensor(mal_rows, device=device)[:, None],
+                             cfg.src, cfg.tgt)  # fmt: skip
+        flips_t = torch.stack(flips).to(device)
+        offsets_t = torch.stack(offsets).to(device)
+        steps = order.shape[1] // B
+
+        # --- local training: every model one step at a time --------------------------------
+        state = {kk: v.repeat_interleave(k, 0) for kk, v in glob.items()}  # [G, ...]
+        params = [state[kk].requires_grad_() for kk in param_keys]
+        bufs = [torch.zeros_like(p) for p in params]
+        lr, mom = cfg.lr_at(r), cfg.momentum
+        loss_sum = torch.zeros(G, dtype=dtype, device=device)
+        for s in range(steps):
+            idx = order[:, s * B : (s + 1) * B].t()  # [B, G]
+            x = x_train[idx].reshape(B, G * C, H, W)
+            x = (x.to(dtype) / 255.0 - mean) / std
+            if AUGMENT[cfg.dataset]:
+                fl = flips_t[:, s * B : (s + 1) * B].t().reshape(-1)
+                of = offsets_t[:, s * B : (s + 1) * B].transpose(0, 1).reshape(-1, 2)
+                x = augment_crop_flip(x.reshape(B * G, C, H, W), fl, of).reshape(B, G * C, H, W)
+            x = x.contiguous(memory_format=cl)
+            with _autocast(device, precision):
+                out = stacked_forward(spec, state, x, G, training=True)  # [G, B, 10]
+            y = labels[:, s * B : (s + 1) * B]
+            per = F.cross_entropy(out.to(dtype).reshape(G * B, -1), y.reshape(-1), reduction="none")
+            per_model = per.view(G, B).mean(1)
+            grads = torch.autograd.grad(per_model.sum(), params)
+            with torch.no_grad():
+                loss_sum += per_model.detach()
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, grads)
+                torch._foreach_add_(params, bufs, alpha=-lr)
+        for p in params:
+            p.requires_grad_(False)
+        losses[:, r - 1] = (loss_sum / steps).view(R, k).mean(1).cpu().numpy()
+
+        # --- aggregation --------------------------------------------------------------------
+        with torch.no_grad():
+            if updates is not None:
+                delta = state[w_name].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
+                updates[:, r - 1] = _update_rows(cfg, delta).cpu().numpy()
+            new = {}
+            for kk, v in state.items():
+                v = v.view(R, k, *v.shape[1:])
+                new[kk] = v.mean(1) if kk in fkeys else v[:, 0]
+            glob = new
+            finite = torch.stack([torch.isfinite(glob[kk]).view(R, -1).all(1) for kk in fkeys]).all(0)
+            for j in np.flatnonzero(~finite.cpu().numpy()):
+                diverged_at[j] = min(diverged_at[j], r)
+
+            # --- evaluation of every repeat's global model in one pass ----------------------
+            if r in eval_rounds:
+                preds = []
+                with _autocast(device, precision):
+                    for b in range(0, len(y_test), chunk):
+                        xe = x_test[b : b + chunk]
+                        xe = (xe.to(dtype).repeat(1, R, 1, 1) / 255.0 - mean_e) / std_e
+                        xe = xe.contiguous(memory_format=cl)
+                        preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
+                pred = torch.cat(preds, dim=1)  # [R, n_test]
+                confusion[:, e] = _confusion(y_test.expand(R, -1), pred).cpu().numpy()
+                e += 1
+        if progress is not None:
+            progress.update(1)
+    return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
+                diverged_at=diverged_at, updates=updates)  # fmt: skip
+
+
+def _unequal_shares_error(lengths):
+    raise NotImplementedError(
+        f"the fast engine needs equal local step counts, got {sorted(lengths)} samples per "
+        "participant (non-iid shares); use engine='reference' for partition='dirichlet'"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------
+
+
+def run(
+    config: Config | dict | None = None,
+    *,
+    store: str | os.PathLike | None = "results",
+    data: Dataset | None = None,
+    data_root=None,
+    progress: bool = True,
+    **overrides,
+) -> Result:
+    """Train `config.repeats` federations and return their `Result`.
+
+    store:  a results directory; a configuration that is already stored there (same
+            normalised config, same flcore version, same device kind and precision) is
+            loaded instead of retrained. None disables the store.
+    data:   an already loaded `flcore.data.Dataset` (else `load_dataset(config.dataset)`).
+    overrides: Config fields, e.g. `run(m=0.1, rounds=20)`.
+    """
+    if config is None:
+        config = Config()
+    if isinstance(config, dict):
+        config = Config.from_dict(config)
+    if overrides:
+        config = config.replace(**overrides)
+    device = resolve_device(config.device)
+    cfg = config.replace(device=device, precision=resolve_precision(config.precision, device))
+
+    st = None
+    if store is not None:
+        from flcore.store import Store, config_key
+
+        st = Store(store)
+        key = config_key(cfg.key_dict(), __version__)
+        hit = st.get(key)
+        if hit is not None:
+            return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
+
+    t0 = time.perf_counter()
+    data = load_data(cfg, data, data_root)
+    plan = make_plan(cfg, data)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.rounds * (cfg.repeats if cfg.engine == "reference" else 1),
+                   desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}", unit="round", leave=False)  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        impl = _run_fast if cfg.engine == "fast" else _run_reference
+        raw = impl(cfg, plan, device, cfg.precision, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    rounds, recall = _frames(cfg, plan, raw["confusion"], raw["eval_rounds"], raw["losses"],
+                             raw["diverged_at"])  # fmt: skip
+    diverged = raw["diverged_at"] <= cfg.rounds
+    meta = {
+        "version": __version__,
+        "status": "diverged" if diverged.any() else "ok",
+        "diverged_repeats": [int(j) for j in np.flatnonzero(diverged)],
+        "wall_s": time.perf_counter() - t0,
+        "device": device,
+        "precision": cfg.precision,
+        "cpu": cpu_name(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "data_source": data.source,
+    }
+    result = Result(cfg, rounds, recall, raw["confusion"], raw["eval_rounds"], plan.selected,
+                    plan.malicious, raw["updates"], None, meta)  # fmt: skip
+    if st is not None:
+        frames, arrays, meta = result.to_store()
+        st.put(key, cfg.key_dict(), frames, arrays, meta)
+    return result
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
