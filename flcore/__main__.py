@@ -1,0 +1,5 @@
+import sys
+
+from flcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""The paper's metrics (SPEC §3, paper Table 1), on confusion matrices and run results.
+
+All percentages are in [0, 100]. Confusion matrices are indexed [true class, predicted class].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
+    """int64 [C, C] counts of (true, predicted) pairs."""
+    y_true = np.asarray(torch.as_tensor(y_true).cpu(), dtype=np.int64)
+    y_pred = np.asarray(torch.as_tensor(y_pred).cpu(), dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
+
+
+def accuracy(confusion: np.ndarray) -> np.ndarray:
+    """M_acc (%) from [..., C, C] confusion matrices."""
+    confusion = np.asarray(confusion)
+    return 100.0 * np.trace(confusion, axis1=-2, axis2=-1) / confusion.sum(axis=(-2, -1))
+
+
+def class_recall(confusion: np.ndarray) -> np.ndarray:
+    """c_i^recall = TP_i / (TP_i + FN_i) (%) per class: [..., C, C] -> [..., C] (NaN if no support)."""
+    confusion = np.asarray(confusion)
+    support = confusion.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, 100.0 * np.diagonal(confusion, axis1=-2, axis2=-1) / support, np.nan)
+
+
+def misclassification_count(confusion: np.ndarray, src: int, tgt: int) -> np.ndarray:
+    """m_cnt_ij: test instances of true class src predicted as tgt. [..., C, C] -> [...]."""
+    return np.asarray(confusion)[..., src, tgt]
+
+
+def source_recall_loss(clean_recall, poisoned_recall):
+    """Loss in source-class recall (percentage points): recall under M_NP minus under M_P."""
+    return np.asarray(clean_recall) - np.asarray(poisoned_recall)
+
+
+def targeting_deltas(clean_recall: np.ndarray, poisoned_recall: np.ndarray, src: int, tgt: int) -> dict:
+    """Table 3's changes due to poisoning (percentage points, poisoned minus clean).
+
+    clean_recall, poisoned_recall: per-class recall [C] (or [..., C], reduced over leading
+    axes by the caller). Returns source, target and the summed change over the other classes.
+    """
+    d = np.asarray(poisoned_recall, dtype=float) - np.asarray(clean_recall, dtype=float)
+    others = [c for c in range(d.shape[-1]) if c not in (src, tgt)]
+    return {
+        "delta_source": d[..., src],
+        "delta_target": d[..., tgt],
+        "delta_others_sum": d[..., others].sum(-1),
+    }
+
+
+def final_metrics(result) -> pd.DataFrame:
+    """Per repeat of a `flcore.engine.Result`: final accuracy, every class recall, m_cnt(src→tgt).
+
+    One row per repeat: repeat, accuracy, recall_0 … recall_9, m_cnt, source_recall,
+    target_recall, diverged.
+    """
+    cfg = result.config
+    conf = result.confusion[:, -1]  # [R, C, C]
+    rec = class_recall(conf)
+    out = pd.DataFrame({"repeat": np.arange(len(conf)), "accuracy": accuracy(conf)})
+    for c in range(rec.shape[-1]):
+        out[f"recall_{c}"] = rec[:, c]
+    out["m_cnt"] = misclassification_count(conf, cfg.src, cfg.tgt)
+    out["source_recall"] = rec[:, cfg.src]
+    out["target_recall"] = rec[:, cfg.tgt]
+    final = result.final().set_index("repeat")
+    out["diverged"] = final.loc[out["repeat"], "diverged"].values
+    out.loc[out["diverged"], [c for c in out.columns if c not in ("repeat", "diverged")]] = np.nan
+    return out
+
+
+def mean_std(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """Tidy mean, sample std and run count of `value` per group (NaN rows are not counted)."""
+    g = df.groupby(by, sort=True)[value]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "runs": g.count()}).reset_index()
