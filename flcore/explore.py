@@ -593,7 +593,7 @@ class Explorer:
         acc = result.final()["accuracy"].mean()
         acc0 = clean.final()["accuracy"].mean()
         self._status(
-            f"{html.escape(self._describe(cfg))}: {how}, clean baseline {clean_how} "
+            f"{html.escape(self._describe(cfg), quote=False)}: {how}, clean baseline {clean_how} "
             f"({elapsed:.1f} s) · final source recall <b>{src:.1f}%</b> (clean {src0:.1f}%), "
             f"accuracy {acc:.1f}% (clean {acc0:.1f}%)",
             kind="ok",
@@ -604,7 +604,7 @@ class Explorer:
         text = str(e).strip() or repr(e)
         if isinstance(e, (ConfigError, FileNotFoundError)):
             # their messages already say what to do; long ones (data search) keep all lines
-            text = html.escape(text).replace("\n", "<br>")
+            text = html.escape(text, quote=False).replace("\n", "<br>")
         else:
-            text = html.escape(text.splitlines()[0] if text else text)
+            text = html.escape(text.splitlines()[0], quote=False)
         self._status(f"<b>{type(e).__name__}</b>: {text}", kind="error")
