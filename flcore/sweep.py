@@ -199,9 +199,13 @@ def load_grid(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as e:
         raise GridError(f"grid file {p} is not valid YAML: {e}") from None
     if grid is None:
-        raise GridError(f"grid file {p} is empty: give at least one config field, e.g. m: [0.0, 0.1]")
+        raise GridError(
+            f"grid file {p} is empty: give at least one config field, e.g. m: [0.0, 0.1]"
+        )
     if not isinstance(grid, dict):
-        raise GridError(f"grid file {p} must hold a mapping of config fields, got {type(grid).__name__}")
+        raise GridError(
+            f"grid file {p} must hold a mapping of config fields, got {type(grid).__name__}"
+        )
     return grid
 
 
@@ -280,7 +284,9 @@ def table(store, keys: Iterable[str]) -> pd.DataFrame:
         df = pd.DataFrame({name: [value] * len(final) for name, value in cols.items()})
         parts.append(pd.concat([df, final.reset_index(drop=True)], axis=1))
     if not parts:
-        return pd.DataFrame(columns=[*Config.field_names(), "key", "status", "wall_s", *FINAL_COLUMNS])
+        return pd.DataFrame(
+            columns=[*Config.field_names(), "key", "status", "wall_s", *FINAL_COLUMNS]
+        )
     return pd.concat(parts, ignore_index=True, sort=False)
 
 
@@ -289,7 +295,9 @@ def table(store, keys: Iterable[str]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 
 
-def _run_one(cfg_dict: dict, store: str, data_root, threads: int | None, progress: bool = False) -> dict:
+def _run_one(
+    cfg_dict: dict, store: str, data_root, threads: int | None, progress: bool = False
+) -> dict:
     """Run (or load) one configuration into `store`; returns {key, status, computed, ...}.
 
     This is the Dask task; it only takes plain values so it pickles anywhere.
@@ -374,7 +382,9 @@ def sweep(
     for i, k in zip(todo, out_keys):
         all_keys[i] = k
     result = table(st, all_keys)
-    stats["diverged"] = int(result.groupby("key")["status"].first().eq("diverged").sum()) if len(result) else 0
+    stats["diverged"] = (
+        int(result.groupby("key")["status"].first().eq("diverged").sum()) if len(result) else 0
+    )
     stats["rows"] = len(result)
     missing = [k for k in all_keys if k not in set(result["key"])]
     if missing:  # pragma: no cover - a finished run always leaves a verified entry
@@ -467,12 +477,18 @@ def cmd_sweep(argv: list[str]) -> int:
     where.add_argument("--local-cluster", type=int, metavar="N",
                        help="start a Dask LocalCluster of N worker processes on 127.0.0.1")  # fmt: skip
     p.add_argument("--results", default="results", help="result store directory (default: results)")
-    p.add_argument("--data-root", default=None, help="dataset folder (else $FLCORE_DATA, well-known places)")
+    p.add_argument(
+        "--data-root", default=None, help="dataset folder (else $FLCORE_DATA, well-known places)"
+    )
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per configuration (default: in-process torch's own "
                         "setting; on Dask 1 per task)")  # fmt: skip
-    p.add_argument("--retries", type=int, default=2, help="Dask retries of a failed task (default 2)")
-    p.add_argument("--dry-run", action="store_true", help="list the configurations and what is stored")
+    p.add_argument(
+        "--retries", type=int, default=2, help="Dask retries of a failed task (default 2)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the configurations and what is stored"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.local_cluster is not None and a.local_cluster < 1:

@@ -25,7 +25,15 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST / "t10k-labels-idx1-ubyte.gz").exi
                                   reason="Fashion-MNIST not installed (make data)")  # fmt: skip
 
 # tiny Fashion-MNIST configurations: about a second each on one core
-TINY = {"dataset": "fmnist", "num_participants": 10, "k": 2, "rounds": 2, "repeats": 1, "n_train": 500, "n_test": 200}
+TINY = {
+    "dataset": "fmnist",
+    "num_participants": 10,
+    "k": 2,
+    "rounds": 2,
+    "repeats": 1,
+    "n_train": 500,
+    "n_test": 200,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -70,14 +78,24 @@ def test_expand_product_base_zip_and_dedup():
             "num_participants": 10, "k": 2, "description": "free text"}  # fmt: skip
     cfgs = S.expand(grid)
     assert len(cfgs) == 4  # 2 distinct m x 2 zipped pairs; the duplicate 0.1 is dropped
-    assert [(c.m, c.src, c.tgt) for c in cfgs] == [(0.0, 4, 6), (0.0, 6, 0), (0.1, 4, 6), (0.1, 6, 0)]
+    assert [(c.m, c.src, c.tgt) for c in cfgs] == [
+        (0.0, 4, 6),
+        (0.0, 6, 0),
+        (0.1, 4, 6),
+        (0.1, 6, 0),
+    ]
     assert all(c.rounds == 3 and c.n_train == 500 and c.k == 2 for c in cfgs)
     assert isinstance(cfgs[0].m, float)  # m: 0 and m: 0.0 are one configuration, one store key
     assert S.store_key(cfgs[0]) == S.store_key(Config(m=0.0, rounds=3, n_train=500,
                                                       num_participants=10, k=2))  # fmt: skip
     # several zip groups
     two = S.expand({"zip": [{"src": [4, 6], "tgt": [6, 0]}, {"m": [0.1, 0.2], "seed": [1, 2]}]})
-    assert [(c.src, c.m, c.seed) for c in two] == [(4, 0.1, 1), (4, 0.2, 2), (6, 0.1, 1), (6, 0.2, 2)]
+    assert [(c.src, c.m, c.seed) for c in two] == [
+        (4, 0.1, 1),
+        (4, 0.2, 2),
+        (6, 0.1, 1),
+        (6, 0.2, 2),
+    ]
 
 
 def test_load_grid_reads_exponents_as_numbers(tmp_path):
@@ -175,8 +193,10 @@ def test_local_cluster_sweep_killed_and_resumed_matches_in_process(tmp_path):
             if path.exists() and len(Store(path).keys()) >= 3:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the sweep finished (or failed) before it could be killed: " + \
-            proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, (
+            "the sweep finished (or failed) before it could be killed: "
+            + proc.stderr.read().decode()[-2000:]
+        )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -184,8 +204,9 @@ def test_local_cluster_sweep_killed_and_resumed_matches_in_process(tmp_path):
     before = entry_ids(path)
     assert 3 <= len(before) < 16, len(before)
 
-    out = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=240,
-                         check=False)
+    out = subprocess.run(
+        cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=240, check=False
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{len(before)} already stored, {16 - len(before)} computed" in out.stdout
 
@@ -193,7 +214,9 @@ def test_local_cluster_sweep_killed_and_resumed_matches_in_process(tmp_path):
     assert st.verify_all() == {k: "ok" for k in st}
     assert len(st.keys()) == 16 and sorted(st.keys()) == sorted(Store(ref_path).keys())
     now = entry_ids(path)
-    assert all(now[k] == v for k, v in before.items()), "an entry stored before the kill was recomputed"
+    assert all(now[k] == v for k, v in before.items()), (
+        "an entry stored before the kill was recomputed"
+    )
     ref = Store(ref_path)
     for k in st:
         assert_same_entry(st.get(k), ref.get(k))
