@@ -1,0 +1,181 @@
+"""Fault behaviour with real processes: killed sweeps, killed Dask workers, divergence, damage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_sweep import TINY, assert_same_entry, entry_ids, env, needs_fmnist
+
+import flcore.sweep as S
+from flcore.engine import run
+from flcore.store import Store, StoreWarning
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = needs_fmnist
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_grid(path: Path, **swept) -> Path:
+    lines = ["base:"] + [f"  {k}: {v}" for k, v in TINY.items()]
+    lines += [f"{k}: {list(v)}" for k, v in swept.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_sigkill_sweep_process_then_resume(tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", m=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "flcore", "sweep", str(grid), "--results", str(results),
+           "--threads", "1", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.exists() and len(Store(results).keys()) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = entry_ids(results)
+    assert 2 <= len(before) < 8
+
+    out = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=180,
+                         check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    # every configuration computed exactly once: the ones stored before the kill were skipped
+    assert f"{len(before)} already stored, {8 - len(before)} computed" in out.stdout
+    st = Store(results)
+    assert len(st.keys()) == 8
+    assert st.verify_all() == dict.fromkeys(st.keys(), "ok")
+    now = entry_ids(results)
+    assert all(now[k] == v for k, v in before.items())
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as lc, Client(lc) as client:  # fmt: skip
+        yield client
+
+
+def test_killed_dask_worker_does_not_lose_the_sweep(tmp_path, cluster):
+    client = cluster
+    cfgs = S.expand({**TINY, "m": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]})
+    results = tmp_path / "results"
+    pids = client.run(os.getpid)
+    killed: dict = {}
+
+    def executing(dask_worker):
+        return [str(ts.key) for ts in dask_worker.state.executing]
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            try:
+                busy = client.run(executing)
+            except Exception:  # noqa: BLE001 - a worker may be mid-restart
+                busy = {}
+            for addr, keys in busy.items():
+                if keys and addr in pids:
+                    key = keys[0].removeprefix("flcore-run-")
+                    killed.update(addr=addr, key=key, stored=(results / key).exists())
+                    os.kill(pids[addr], signal.SIGKILL)
+                    return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    df = S.sweep(cfgs, store=results, executor=client, progress=False)
+    t.join(5)
+    assert killed, "no task was seen executing"
+    assert not killed["stored"], "the worker was killed after its task finished"
+    assert df["key"].nunique() == 6 and len(df) == 6
+    st = Store(results)
+    assert killed["key"] in st and st.verify_all() == dict.fromkeys(st.keys(), "ok")
+    # the killed worker was replaced by its nanny
+    deadline = time.monotonic() + 60
+    while len(client.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert killed["addr"] not in client.scheduler_info()["workers"]
+
+
+def test_dask_result_equals_in_process(tmp_path, cluster):
+    cfgs = S.expand({**TINY, "repeats": 2, "m": [0.0, 0.3]})
+    S.sweep(cfgs, store=tmp_path / "dask", executor=cluster, progress=False)
+    S.sweep(cfgs, store=tmp_path / "local", progress=False)
+    a, b = Store(tmp_path / "dask"), Store(tmp_path / "local")
+    assert a.keys() == b.keys() and len(a.keys()) == 2
+    for k in a.keys():  # noqa: SIM118
+        assert_same_entry(a.get(k), b.get(k))
+
+
+def test_divergence_is_recorded_and_excluded(tmp_path):
+    # lr=2 with momentum 0.9 blows up some repeats (and not others); lr=10 all of them
+    grid = {**TINY, "rounds": 3, "repeats": 3, "momentum": 0.9, "lr": [2.0, 10.0, 0.001]}
+    df = S.sweep(grid, store=tmp_path, progress=False)
+    by_lr = {lr: g for lr, g in df.groupby("lr")}
+    assert (by_lr[10.0]["status"] == "diverged").all() and by_lr[10.0]["diverged"].all()
+    assert (by_lr[0.001]["status"] == "ok").all() and not by_lr[0.001]["diverged"].any()
+    for lr in (2.0, 10.0):
+        res = run(S.expand({**grid, "lr": lr})[0], store=tmp_path, progress=False)  # from the store
+        assert res.meta["status"] == "diverged" and res.meta["diverged_repeats"]
+        for j, g in res.rounds.groupby("repeat"):
+            flags = g.sort_values("round")["diverged"].to_numpy()
+            if j in res.meta["diverged_repeats"]:
+                first = int(np.argmax(flags))  # recorded at a round, and from then on
+                assert flags[first:].all() and not flags[:first].any()
+                assert np.isnan(g.sort_values("round")["accuracy"].to_numpy()[first:]).all()
+            else:
+                assert not flags.any()
+        final = res.final()
+        ok = final[~final["diverged"]]
+        summ = res.summary()
+        assert summ.loc["accuracy", "runs"] == len(ok) == 3 - len(res.meta["diverged_repeats"])
+        if len(ok):
+            assert summ.loc["accuracy", "mean"] == pytest.approx(ok["accuracy"].mean())
+            assert np.isfinite(summ.loc["accuracy", "mean"])
+
+
+def test_damaged_entry_is_detected_and_recomputed(tmp_path):
+    grid = {**TINY, "m": [0.0, 0.2]}
+    S.sweep(grid, store=tmp_path, progress=False)
+    st = Store(tmp_path)
+    victim, other = st.keys()
+    original = st.get(victim)
+    before_other = entry_ids(tmp_path)[other]
+    p = tmp_path / victim / "rounds.csv"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    p.write_bytes(bytes(data))
+
+    info: dict = {}
+    with pytest.warns(StoreWarning, match=f"{victim}.*checksum mismatch for rounds.csv"):
+        df = S.sweep(grid, store=tmp_path, progress=False, info=info)
+    assert info["computed"] == 1 and info["stored"] == 1
+    assert len(df) == 2
+    assert any(q.name.startswith(victim) for q in (tmp_path / "_quarantine").iterdir())
+    assert_same_entry(Store(tmp_path).get(victim), original)  # recomputed, same numbers
+    assert entry_ids(tmp_path)[other] == before_other
