@@ -16,7 +16,7 @@ and no global state is touched), redrawn in place and shown as PNG bytes in an
 `ipywidgets.Image`; that works the same in JupyterLab, VS Code and papermill.
 
     from flcore.explore import Explorer
-    Explorer(n_train=3000, n_test=1000, rounds=5).show()
+    Explorer(n_train=6000, n_test=1000, rounds=10).show()
 
 State kept for tests and curious users: `last_result` and `last_clean` (`flcore.Result`),
 `last_config`, `last_error` (the exception, or None), `figure`, `redraws` (how many times
@@ -97,9 +97,9 @@ class Explorer:
     def __init__(
         self,
         *,
-        n_train: int = 3000,
+        n_train: int = 6000,
         n_test: int = 1000,
-        rounds: int = 5,
+        rounds: int = 10,
         max_rounds: int = 30,
         repeats: int = 1,
         store: str | None = "results/explore",
@@ -535,7 +535,9 @@ class Explorer:
             fontsize=11,
         )
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8.5, framealpha=0.85)
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8.5, frameon=False
+        )
 
         cm = result.confusion[:, -1].sum(0).astype(float)
         cm = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
