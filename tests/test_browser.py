@@ -297,6 +297,17 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             assert figure.get_attribute("src") != src_before
             assert pixels_after != pixels_before, "the figure's pixels did not change"
             assert "✔" in after and "⚠" not in after
+
+            # A dropdown too: availability enables the α slider and redraws with α in the title.
+            alpha_handle = page.locator(".flcore-explorer .widget-slider").nth(1)
+            assert "α" in alpha_handle.inner_text()
+            assert alpha_handle.locator("[disabled]").count() > 0, "α should start disabled"
+            strategy = page.locator(".flcore-explorer .widget-dropdown select").nth(2)
+            strategy.select_option(label="availability α (r ≥ b)")
+            _wait_status(page, r"availability.*α = 0\.9.*redraw #[3-9]", REDRAW_S, log_tail)
+            page.wait_for_function("el => el.querySelectorAll('[disabled]').length === 0",
+                                   arg=alpha_handle.element_handle(), timeout=10_000)  # fmt: skip
+            page.screenshot(path=str(OUTPUTS / "explore_availability.png"), full_page=True)
             _no_widget_errors(page)
             widget_console = [e for e in console_errors if any(w in e for w in WIDGET_ERRORS)
                               or "widget" in e.lower()]  # fmt: skip
