@@ -224,14 +224,13 @@ class Explorer:
         self.run_w.on_click(lambda _button: self.update())
 
     # ---- display -------------------------------------------------------------------------
-    def show(self) -> Explorer:
+    def show(self) -> None:
         """Display the panel, then (with `run_on_show`) run the initial setting."""
         from IPython.display import display
 
         display(self.widget)
         if self.run_on_show:
             self.update()
-        return self
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
