@@ -1,0 +1,652 @@
+"""Study-level functions behind the notebooks: run a grid of configurations into tidy frames,
+compute the paper's tables from them, set them beside the published numbers, and write
+figures and tables to disk.
+
+Frames (all tidy, percentages in [0, 100]):
+
+- final frame (`final_frame`): one row per (config, repeat): dataset, src, tgt, m, strategy,
+  alpha, repeat, accuracy, recall_0 … recall_9, source_recall, target_recall, m_cnt (test
+  images of src predicted as tgt), n_mal_last (malicious participants in the last round).
+- round frame (`round_frame`): one row per (config, repeat, evaluated round): the same keys,
+  round, accuracy, source_recall, n_malicious.
+
+The clean baseline (m = 0) does not depend on the source/target pair, so every study asks
+for it through `baseline_config`, which fixes a canonical pair: one training serves every
+pair (each pair's recall is read from the baseline's confusion matrices) and every notebook
+(the result store recognises the identical configuration).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flcore.config import NUM_CLASSES, Config
+from flcore.engine import Result, run
+from flcore.metrics import class_recall
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The paper's source → target pairs (SPEC §6).
+PAIRS = {"cifar10": [(0, 2), (1, 9), (5, 3)], "fmnist": [(1, 3), (4, 6), (6, 0)]}
+DATASET_LABEL = {"cifar10": "CIFAR-10", "fmnist": "F-MNIST"}
+CLASS_NAMES = {
+    "fmnist": ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+               "sneaker", "bag", "ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                "ship", "truck"],
+}  # fmt: skip
+# m = 0 trains the same whatever the pair; this one names the baseline in the store.
+BASELINE_PAIR = (0, 1)
+
+# ------------------------------------------------------------------------------------------
+# Published numbers (SPEC §8), as data
+# ------------------------------------------------------------------------------------------
+
+_T2_M = (0.02, 0.04, 0.10, 0.20, 0.30, 0.40, 0.50)
+_T2 = {  # (dataset, src, tgt): (m_cnt, loss at each m in _T2_M)
+    ("cifar10", 0, 2): (16, (1.42, 2.93, 10.2, 14.1, 48.3, 73, 70.5)),
+    ("cifar10", 1, 9): (56, (0.69, 3.75, 6.04, 15, 36.3, 49.2, 54.7)),
+    ("cifar10", 5, 3): (200, (0, 3.21, 7.92, 25.4, 49.5, 69.2, 69.2)),
+    ("fmnist", 1, 3): (18, (0.12, 0.42, 2.27, 2.41, 40.3, 45.4, 42)),
+    ("fmnist", 4, 6): (51, (0.61, 7.16, 16, 29.2, 28.7, 37.1, 58.9)),
+    ("fmnist", 6, 0): (118, (-1, 2.19, 7.34, 9.81, 19.9, 39, 43.4)),
+}
+PAPER_TABLE2 = pd.DataFrame(
+    [
+        {"dataset": d, "src": s, "tgt": t, "m": m, "m_cnt": cnt, "loss": v}
+        for (d, s, t), (cnt, vals) in _T2.items()
+        for m, v in zip(_T2_M, vals)
+    ]
+)
+PAPER_TABLE3 = pd.DataFrame(
+    [
+        ("cifar10", 0, 2, -6.28, 1.58, 0.34),
+        ("cifar10", 1, 9, -6.22, 2.28, 0.16),
+        ("cifar10", 5, 3, -6.12, 3.00, 0.17),
+        ("fmnist", 1, 3, -2.23, 0.25, 0.01),
+        ("fmnist", 4, 6, -9.96, 2.40, 0.09),
+        ("fmnist", 6, 0, -8.87, 2.59, 0.20),
+    ],
+    columns=["dataset", "src", "tgt", "delta_source", "delta_target", "delta_others_sum"],
+)
+PAPER_TABLE4 = pd.DataFrame(
+    [
+        ("cifar10", 0, 2, 73.90, 82.45),
+        ("cifar10", 1, 9, 77.30, 89.40),
+        ("cifar10", 5, 3, 57.50, 73.10),
+        ("fmnist", 1, 3, 84.32, 96.25),
+        ("fmnist", 4, 6, 51.50, 89.60),
+        ("fmnist", 6, 0, 49.80, 73.15),
+    ],
+    columns=["dataset", "src", "tgt", "malicious_in_PR", "none_in_PR"],
+)
+TABLE3_SETTINGS = ("delta_source", "delta_target", "delta_others_sum")
+TABLE4_SETTINGS = ("malicious_in_PR", "none_in_PR")
+
+# ------------------------------------------------------------------------------------------
+# Paths and configurations
+# ------------------------------------------------------------------------------------------
+
+
+def repo_path(p: str | Path) -> Path:
+    """A path relative to the repository root (papermill's working directory may differ)."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def figures_dir(output_dir: str | Path, profile: str) -> Path:
+    """`<output_dir>/<profile>/`, created; relative paths are taken from the repository root."""
+    d = repo_path(output_dir) / profile
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def pick(value, dataset: str):
+    """A per-dataset parameter: `{dataset: value}` or one value for every dataset."""
+    return value.get(dataset) if isinstance(value, dict) else value
+
+
+def base_config(dataset: str, *, rounds: int, repeats: int, seed: int = 0, n_train=None,
+                n_test=None, device: str = "auto", precision: str = "auto",
+                break_round: int = 75, **fields) -> Config:  # fmt: skip
+    """The shared part of a study's configurations. `n_train`, `n_test`: int, None or per dataset."""
+    return Config(dataset=dataset, rounds=rounds, repeats=repeats, seed=seed,
+                  n_train=pick(n_train, dataset), n_test=pick(n_test, dataset), device=device,
+                  precision=precision, break_round=min(break_round, rounds), **fields)  # fmt: skip
+
+
+def baseline_config(cfg: Config) -> Config:
+    """The non-poisoned model M_NP for `cfg`: m = 0, the canonical pair, evaluated every round.
+
+    Everything that does not change an m = 0 run is normalised (pair, strategy, α, break
+    round, recorded updates),
+    so that all notebooks and pairs share one training.
+    """
+    return cfg.replace(m=0.0, src=BASELINE_PAIR[0], tgt=BASELINE_PAIR[1], strategy="random",
+                       alpha=None, break_round=Config.break_round, record_updates="none",
+                       eval_every=1, defense=None)  # fmt: skip
+
+
+def run_grid(configs: Iterable[Config], store="results", progress: bool = True) -> list[Result]:
+    """Run (or load from the result store) each configuration, in order."""
+    store = None if store is None else repo_path(store)
+    out = []
+    for cfg in configs:
+        out.append(run(cfg, store=store, progress=progress))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Results -> tidy frames
+# ------------------------------------------------------------------------------------------
+
+
+def _keys(cfg: Config, src: int | None = None, tgt: int | None = None) -> dict:
+    return {
+        "dataset": cfg.dataset,
+        "src": cfg.src if src is None else src,
+        "tgt": cfg.tgt if tgt is None else tgt,
+        "m": float(cfg.m),
+        "strategy": cfg.strategy,
+        "alpha": np.nan if cfg.alpha is None else float(cfg.alpha),
+    }
+
+
+def _ok_repeats(res: Result) -> np.ndarray:
+    """Repeats that did not diverge (the paper's means are over converged runs)."""
+    return np.setdiff1d(np.arange(res.config.repeats), res.meta.get("diverged_repeats", []))
+
+
+def final_frame(res: Result, src: int | None = None, tgt: int | None = None) -> pd.DataFrame:
+    """One row per non-diverged repeat: final accuracy and class recalls of `res`.
+
+    src, tgt: read the metrics for this pair instead of the config's (for the baseline).
+    """
+    cfg = res.config
+    s, t = (cfg.src if src is None else src), (cfg.tgt if tgt is None else tgt)
+    conf = np.asarray(res.confusion)[:, -1]  # [R, C, C]
+    rec = class_recall(conf)
+    last = res.selected[:, -1]  # [R, k]
+    mal = np.zeros((cfg.repeats, cfg.num_participants), bool)
+    for j in range(cfg.repeats):
+        mal[j, res.malicious[j]] = True
+    n_mal_last = mal[np.arange(cfg.repeats)[:, None], last].sum(1)
+    rows = []
+    for j in _ok_repeats(res):
+        row = _keys(cfg, s, t) | {"repeat": int(j)}
+        row["accuracy"] = 100.0 * np.trace(conf[j]) / max(conf[j].sum(), 1)
+        for c in range(NUM_CLASSES):
+            row[f"recall_{c}"] = rec[j, c]
+        row |= {"source_recall": rec[j, s], "target_recall": rec[j, t],
+                "m_cnt": int(conf[j, s, t]), "n_mal_last": int(n_mal_last[j])}  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def round_frame(res: Result, src: int | None = None, tgt: int | None = None) -> pd.DataFrame:
+    """One row per (non-diverged repeat, evaluated round): accuracy, source recall, n_malicious."""
+    cfg = res.config
+    s = cfg.src if src is None else src
+    rec = res.recall[res.recall["cls"] == s].rename(columns={"recall": "source_recall"})
+    df = rec[["repeat", "round", "source_recall"]].merge(
+        res.rounds[["repeat", "round", "accuracy", "n_malicious"]], on=["repeat", "round"])
+    df = df[df["repeat"].isin(_ok_repeats(res))]
+    for k, v in reversed(_keys(cfg, s, tgt).items()):
+        df.insert(0, k, v)
+    return df.reset_index(drop=True)
+
+
+def setting_label(m: float, strategy: str = "random", alpha=None) -> str:
+    lab = f"m={100 * m:g}%"
+    if strategy != "random":
+        lab += f" {strategy}"
+    if alpha is not None and not (isinstance(alpha, float) and math.isnan(alpha)):
+        lab += f" α={alpha:g}"
+    return lab
+
+
+# ------------------------------------------------------------------------------------------
+# Studies
+# ------------------------------------------------------------------------------------------
+
+
+def pair_list(pairs) -> list[tuple[str, int, int]]:
+    """[[dataset, src, tgt], ...] (notebook parameters) -> [(dataset, src, tgt), ...]."""
+    out = []
+    for p in pairs:
+        d, s, t = p
+        if d not in PAIRS:
+            raise ValueError(f"pair {p!r}: unknown dataset {d!r} (use 'fmnist' or 'cifar10')")
+        out.append((str(d), int(s), int(t)))
+    return out
+
+
+def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int,
+                baseline_repeats: int | None = None, store="results", progress=True,
+                **base) -> pd.DataFrame:  # fmt: skip
+    """Final metrics for every pair × m (random selection): the data of Fig 1, Fig 2, Table 2, Table 3.
+
+    m = 0 rows come from the shared baseline (`baseline_config`), whatever the pair.
+    Poisoned runs evaluate only the last round. Returns a final frame (see module doc).
+    """
+    frames = []
+    for d, s, t in pair_list(pairs):
+        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, **base)
+        bcfg = baseline_config(cfg.replace(repeats=baseline_repeats or repeats))
+        (b,) = run_grid([bcfg], store, progress)
+        frames.append(final_frame(b, s, t))
+        poisoned = [cfg.replace(m=float(m), eval_every=rounds) for m in m_values if m > 0]
+        frames += [final_frame(r) for r in run_grid(poisoned, store, progress)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeats: int,
+           break_round: int, figure_pairs=None, baseline_repeats: int | None = None,
+           store="results", progress=True, **base) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Early/late poisoning (Figs 3, 4, Table 4).
+
+    Every pair gets a late-poisoning run (Table 4, final round only unless the pair is in
+    `figure_pairs`); the pairs in `figure_pairs` (default: all) also get every strategy in
+    `strategies`, evaluated each round, plus the baseline's per-round recall ("none").
+    Returns (round frame with a `setting` column: none | early | late, final frame of the
+    late runs).
+    """
+    pairs = pair_list(pairs)
+    figure_pairs = pairs if figure_pairs is None else pair_list(figure_pairs)
+    rounds_frames, finals = [], []
+    for d, s, t in pairs:
+        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, m=float(m),
+                          break_round=break_round, **base)  # fmt: skip
+        on_fig = (d, s, t) in figure_pairs
+        if on_fig:
+            (b,) = run_grid([baseline_config(cfg.replace(repeats=baseline_repeats or repeats))],
+                            store, progress)  # fmt: skip
+            rounds_frames.append(round_frame(b, s, t).assign(setting="none"))
+        for strat in strategies if on_fig else ("late",):
+            c = cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds)
+            (r,) = run_grid([c], store, progress)
+            if on_fig:
+                rounds_frames.append(round_frame(r).assign(setting=strat))
+            if strat == "late":
+                finals.append(final_frame(r))
+    rf = pd.concat(rounds_frames, ignore_index=True) if rounds_frames else pd.DataFrame()
+    return rf, pd.concat(finals, ignore_index=True)
+
+
+def availability(pairs, m_values, alphas, *, rounds: int, repeats: int, break_round: int,
+                 store="results", progress=True, **base) -> pd.DataFrame:  # fmt: skip
+    """Late poisoning with availability α for every pair × m × α (Figs 5, 6, 7): a round frame."""
+    frames = []
+    for d, s, t in pair_list(pairs):
+        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t,
+                          break_round=break_round, **base)  # fmt: skip
+        grid = [cfg.replace(m=float(m), strategy="availability", alpha=float(a))
+                for m in m_values for a in alphas]  # fmt: skip
+        frames += [round_frame(r) for r in run_grid(grid, store, progress)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def defense_updates(pairs, m_values, *, rounds: int, repeats: int = 1, store="results",
+                    progress=True, **base) -> list[Result]:  # fmt: skip
+    """Runs that record every selected participant's source-row output-layer update (Fig 8)."""
+    grid = []
+    for d, s, t in pair_list(pairs):
+        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, record_updates="source",
+                          eval_every=rounds, **base)  # fmt: skip
+        grid += [cfg.replace(m=float(m)) for m in m_values]
+    return run_grid(grid, store, progress)
+
+
+# ------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------
+
+
+def _summary(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    g = df.groupby(by, sort=True, dropna=False)[value]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "runs": g.count()}).reset_index()
+
+
+def _with_baseline(final: pd.DataFrame) -> pd.DataFrame:
+    """Poisoned rows of a final frame joined with the same pair's baseline, per repeat.
+
+    Repeats are paired by index (same partition, initial weights, selection and batches: only
+    the flipped labels differ); a poisoned repeat without a baseline repeat of the same index
+    is compared with the baseline mean.
+    """
+    pair = ["dataset", "src", "tgt"]
+    base = final[final["m"] == 0]
+    pois = final[final["m"] > 0]
+    if base.empty:
+        raise ValueError("the final frame has no m = 0 rows: run the baseline (baseline_config)")
+    recall_cols = [f"recall_{c}" for c in range(NUM_CLASSES)] + ["source_recall", "target_recall",
+                                                                    "accuracy", "m_cnt"]  # fmt: skip
+    b = base[pair + ["repeat"] + recall_cols]
+    out = pois.merge(b, on=pair + ["repeat"], how="left", suffixes=("", "_clean"))
+    means = base.groupby(pair)[recall_cols].mean().add_suffix("_clean").reset_index()
+    out = out.merge(means, on=pair, how="left", suffixes=("", "_mean"))
+    for c in recall_cols:
+        out[f"{c}_clean"] = out[f"{c}_clean"].fillna(out[f"{c}_clean_mean"])
+    return out.drop(columns=[f"{c}_clean_mean" for c in recall_cols])
+
+
+def table2(final: pd.DataFrame) -> pd.DataFrame:
+    """Loss in source recall (pp, clean minus poisoned) per pair and m, with the clean m_cnt.
+
+    Tidy: dataset, src, tgt, setting, m, mean, std, runs, m_cnt (mean over clean repeats).
+    """
+    j = _with_baseline(final)
+    j["loss"] = j["source_recall_clean"] - j["source_recall"]
+    t = _summary(j, ["dataset", "src", "tgt", "m"], "loss")
+    cnt = final[final["m"] == 0].groupby(["dataset", "src", "tgt"])["m_cnt"].mean().rename("m_cnt")
+    t = t.merge(cnt.reset_index(), on=["dataset", "src", "tgt"], how="left")
+    t.insert(3, "setting", [setting_label(m) for m in t["m"]])
+    return t
+
+
+def table3(final: pd.DataFrame, m: float = 0.10) -> pd.DataFrame:
+    """Change due to poisoning at m (pp, poisoned minus clean): source, target, sum of the others.
+
+    Tidy: dataset, src, tgt, setting (delta_source | delta_target | delta_others_sum), m,
+    mean, std, runs.
+    """
+    j = _with_baseline(final)
+    j = j[np.isclose(j["m"], m)]
+    if j.empty:
+        raise ValueError(f"no runs at m={m:g} in the final frame (m values: "
+                         f"{sorted(final['m'].unique())})")  # fmt: skip
+    rows = []
+    for _, r in j.iterrows():
+        d = np.array([r[f"recall_{c}"] - r[f"recall_{c}_clean"] for c in range(NUM_CLASSES)])
+        others = [c for c in range(NUM_CLASSES) if c not in (r["src"], r["tgt"])]
+        vals = {"delta_source": d[r["src"]], "delta_target": d[r["tgt"]],
+                "delta_others_sum": d[others].sum()}  # fmt: skip
+        for k, v in vals.items():
+            rows.append({"dataset": r["dataset"], "src": r["src"], "tgt": r["tgt"], "setting": k,
+                         "m": r["m"], "repeat": r["repeat"], "value": v})  # fmt: skip
+    t = _summary(pd.DataFrame(rows), ["dataset", "src", "tgt", "setting", "m"], "value")
+    t["setting"] = pd.Categorical(t["setting"], TABLE3_SETTINGS, ordered=True)
+    t = t.sort_values(["dataset", "src", "tgt", "setting"]).reset_index(drop=True)
+    t["setting"] = t["setting"].astype(str)
+    return t
+
+
+def table4(final_late: pd.DataFrame) -> pd.DataFrame:
+    """Final source recall of late-poisoning runs, split by whether P_R (the last round's
+    participants) held at least one malicious participant.
+
+    Tidy: dataset, src, tgt, setting (malicious_in_PR | none_in_PR), m, mean, std, runs, note.
+    A category with no run gets runs = 0, NaN mean and a note instead of failing.
+    """
+    rows = []
+    for (d, s, t, m), g in final_late.groupby(["dataset", "src", "tgt", "m"], sort=True):
+        for setting, sel in (("malicious_in_PR", g["n_mal_last"] > 0), ("none_in_PR", g["n_mal_last"] == 0)):
+            v = g.loc[sel, "source_recall"]
+            rows.append({"dataset": d, "src": s, "tgt": t, "setting": setting, "m": m,
+                         "mean": v.mean() if len(v) else np.nan,
+                         "std": v.std(ddof=1) if len(v) > 1 else np.nan, "runs": len(v),
+                         "note": "" if len(v) else "no run in this category"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def availability_per_repeat(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
+    """Source recall averaged over the rounds ≥ break_round: one row per (pair, m, α, repeat)."""
+    late = rounds[rounds["round"] >= break_round]
+    keys = ["dataset", "src", "tgt", "m", "alpha", "repeat"]
+    return late.groupby(keys, as_index=False)["source_recall"].mean()
+
+
+def availability_table(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
+    """Fig 5's numbers: mean/std/runs over repeats of `availability_per_repeat`."""
+    per = availability_per_repeat(rounds, break_round)
+    t = _summary(per, ["dataset", "src", "tgt", "m", "alpha"], "source_recall")
+    t.insert(3, "setting", [setting_label(m, "availability", a) for m, a in zip(t["m"], t["alpha"])])
+    return t
+
+
+def recall_change(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
+    """Fig 7: change of source recall between consecutive rounds vs the change in the number
+    of malicious participants selected, rounds r ≥ break_round (r − 1 may precede it).
+
+    Returns one row per (dataset, src, tgt, delta_malicious): mean, std, runs of delta_recall.
+    """
+    keys = ["dataset", "src", "tgt", "m", "strategy", "alpha", "repeat"]
+    df = rounds.sort_values(keys + ["round"]).copy()
+    g = df.groupby(keys, dropna=False)
+    df["delta_recall"] = g["source_recall"].diff()
+    df["delta_malicious"] = g["n_malicious"].diff()
+    df["gap"] = g["round"].diff()
+    df = df[(df["round"] >= break_round) & (df["gap"] == 1)].dropna(subset=["delta_recall"])
+    df["delta_malicious"] = df["delta_malicious"].astype(int)
+    return _summary(df, ["dataset", "src", "tgt", "delta_malicious"], "delta_recall")
+
+
+def pca_frame(results: Sequence[Result], rounds_from: int = 1) -> pd.DataFrame:
+    """Algorithm 1's picture: per run, the source-class output-node updates of every selected
+    participant (rounds ≥ rounds_from), standardised per coordinate and projected on two
+    principal components. One row per (run, round, participant): dataset, src, tgt, m,
+    round, participant, malicious, pc1, pc2, separation (ROC AUC of the better PC against the
+    truth, folded to ≥ 0.5; 1 = perfectly separated)."""
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from flcore.defense import updates_frame
+
+    frames = []
+    for res in results:
+        cfg = res.config
+        if res.updates is None:
+            raise ValueError(f"{setting_label(cfg.m)}: no recorded updates; run with record_updates='source'")
+        for j in _ok_repeats(res):
+            u = np.asarray(res.updates[j])  # [rounds, k, 1, F]
+            T, k = u.shape[:2]
+            sel = res.selected[j]  # [rounds, k]
+            is_mal = np.isin(sel, res.malicious[j])
+            rnd = np.repeat(np.arange(1, T + 1), k)
+            X, meta = updates_frame(u.reshape(T * k, 1, -1), sel.reshape(-1), rnd, is_mal.reshape(-1),
+                                    src=0, rounds_from=rounds_from)  # fmt: skip
+            Z = make_pipeline(StandardScaler(), PCA(n_components=2, random_state=0)).fit_transform(X)
+            df = meta.assign(pc1=Z[:, 0], pc2=Z[:, 1])
+            sep = np.nan
+            if 0 < df["malicious"].sum() < len(df):
+                aucs = [roc_auc_score(df["malicious"], df[c]) for c in ("pc1", "pc2")]
+                sep = max(max(a, 1 - a) for a in aucs)
+            df = df.assign(separation=sep, repeat=int(j))
+            for kk, v in reversed(_keys(cfg).items()):
+                df.insert(0, kk, v)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Paper vs this run
+# ------------------------------------------------------------------------------------------
+
+
+def compare_table2(t2: pd.DataFrame) -> pd.DataFrame:
+    """Loss in source recall, paper vs this run, for the (pair, m) that were run."""
+    p = PAPER_TABLE2.rename(columns={"loss": "paper", "m_cnt": "paper_m_cnt"})
+    t = t2.rename(columns={"mean": "this_run", "std": "this_std", "m_cnt": "this_m_cnt"})
+    t = t.assign(m=t["m"].round(4))
+    out = t.merge(p.assign(m=p["m"].round(4)), on=["dataset", "src", "tgt", "m"], how="left")
+    out["difference"] = out["this_run"] - out["paper"]
+    return out[["dataset", "src", "tgt", "setting", "paper", "this_run", "this_std", "runs",
+                "difference", "paper_m_cnt", "this_m_cnt"]]  # fmt: skip
+
+
+def compare_table3(t3: pd.DataFrame) -> pd.DataFrame:
+    p = PAPER_TABLE3.melt(id_vars=["dataset", "src", "tgt"], var_name="setting", value_name="paper")
+    t = t3.rename(columns={"mean": "this_run", "std": "this_std"})
+    out = t.merge(p, on=["dataset", "src", "tgt", "setting"], how="left")
+    out["difference"] = out["this_run"] - out["paper"]
+    return out[["dataset", "src", "tgt", "setting", "paper", "this_run", "this_std", "runs", "difference"]]
+
+
+def compare_table4(t4: pd.DataFrame) -> pd.DataFrame:
+    p = PAPER_TABLE4.melt(id_vars=["dataset", "src", "tgt"], var_name="setting", value_name="paper")
+    t = t4.rename(columns={"mean": "this_run", "std": "this_std"})
+    out = t.merge(p, on=["dataset", "src", "tgt", "setting"], how="left")
+    out["difference"] = out["this_run"] - out["paper"]
+    return out[["dataset", "src", "tgt", "setting", "paper", "this_run", "this_std", "runs", "difference"]]
+
+
+def agreement_table2(t2: pd.DataFrame) -> str:
+    """One sentence per pair: does the loss grow with m, and how large is it at the largest m."""
+    out = []
+    for (d, s, t), g in t2.sort_values("m").groupby(["dataset", "src", "tgt"], sort=True):
+        v = g["mean"].to_numpy()
+        grows = bool(np.all(np.diff(v) > 0)) if len(v) > 1 else None
+        trend = {True: "grows with m", False: "does not grow monotonically with m", None: "one m only"}
+        out.append(f"{DATASET_LABEL[d]} {s}→{t}: the loss {trend[grows]} and reaches "
+                   f"{v[-1]:.1f} pp at m={100 * g['m'].iloc[-1]:g}%.")  # fmt: skip
+    return " ".join(out)
+
+
+def data_note(datasets: Iterable[str]) -> str:
+    ds = set(datasets)
+    notes = []
+    if "cifar10" in ds:
+        notes.append("CIFAR-10 here is a lossy JPEG copy of the official release (pixels differ "
+                     "slightly), so its numbers can drift from the paper's beyond run-to-run noise.")  # fmt: skip
+    return " ".join(notes)
+
+
+# ------------------------------------------------------------------------------------------
+# Writers
+# ------------------------------------------------------------------------------------------
+
+
+def save_figure(fig, name: str, out_dir: str | Path) -> list[Path]:
+    """Write `fig` as `<out_dir>/<name>.png` and `.pdf`; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def save_table(df: pd.DataFrame, name: str, out_dir: str | Path, float_format: str = "%.2f") -> list[Path]:
+    """Write a tidy table as `<out_dir>/<name>.csv` (full precision) and `.tex` (2 decimals)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
+    df.to_csv(paths[0], index=False)
+    df.to_latex(paths[1], index=False, float_format=lambda x: float_format % x, na_rep="--")
+    return paths
+
+
+# ------------------------------------------------------------------------------------------
+# Sentences for the closing "paper vs this run" cell
+# ------------------------------------------------------------------------------------------
+
+_ROUNDS_NOTE = ("The paper trains 200 rounds; a run with fewer rounds stops while the model "
+                "still learns and the last round's participants weigh more, so magnitudes "
+                "differ while the direction of each effect is what is compared.")  # fmt: skip
+
+
+def _pair(d, s, t) -> str:
+    return f"{DATASET_LABEL.get(d, d)} {s}→{t}"
+
+
+def agreement_table3(t3: pd.DataFrame) -> str:
+    w = t3.pivot_table(index=["dataset", "src", "tgt"], columns="setting", values="mean")
+    out = []
+    for (d, s, t), r in w.iterrows():
+        ratio = abs(r["delta_others_sum"]) / max(abs(r["delta_source"]), 1e-9)
+        out.append(f"{_pair(d, s, t)}: source {r['delta_source']:+.2f} pp, target "
+                   f"{r['delta_target']:+.2f} pp, all other classes together "
+                   f"{r['delta_others_sum']:+.2f} pp ({ratio:.2f}× the source change).")  # fmt: skip
+    return " ".join(out)
+
+
+def agreement_table4(t4: pd.DataFrame) -> str:
+    out = []
+    for (d, s, t), g in t4.groupby(["dataset", "src", "tgt"], sort=True):
+        g = g.set_index("setting")
+        a, b = g.loc["malicious_in_PR"], g.loc["none_in_PR"]
+        if a["runs"] == 0 or b["runs"] == 0:
+            empty = "≥ 1 malicious" if a["runs"] == 0 else "none"
+            out.append(f"{_pair(d, s, t)}: no run had {empty} in the last round, so the "
+                       f"comparison is open for this pair.")  # fmt: skip
+            continue
+        rel = "below" if a["mean"] < b["mean"] else "NOT below"
+        out.append(f"{_pair(d, s, t)}: {a['mean']:.1f}% with ≥ 1 malicious participant in the "
+                   f"last round ({int(a['runs'])} runs) is {rel} {b['mean']:.1f}% with none "
+                   f"({int(b['runs'])} runs).")  # fmt: skip
+    return " ".join(out)
+
+
+def timing_summary(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
+    """Source recall (mean over repeats) in the last round before the break and in the final
+    round, per pair and setting (none | early | late): the recovery the figures show."""
+    last = rounds["round"].max()
+    pick_r = {"before_break": break_round - 1, "final": last}
+    rows = []
+    for (d, s, t, st), g in rounds.groupby(["dataset", "src", "tgt", "setting"], sort=True):
+        row = {"dataset": d, "src": s, "tgt": t, "setting": st}
+        for k, r in pick_r.items():
+            row[k] = g.loc[g["round"] == r, "source_recall"].mean()
+        row["mean_after_break"] = g.loc[g["round"] >= break_round, "source_recall"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def agreement_timing(summary: pd.DataFrame) -> str:
+    out = []
+    for (d, s, t), g in summary.groupby(["dataset", "src", "tgt"], sort=True):
+        g = g.set_index("setting")
+        if not {"none", "early", "late"} <= set(g.index):
+            continue
+        n, e, la = g.loc["none"], g.loc["early"], g.loc["late"]
+        out.append(f"{_pair(d, s, t)}: early poisoning ends {e['final']:.1f}% vs "
+                   f"{n['final']:.1f}% non-poisoned in the final round (gap "
+                   f"{n['final'] - e['final']:+.1f} pp); late poisoning averages "
+                   f"{la['mean_after_break']:.1f}% from the break on vs "
+                   f"{n['mean_after_break']:.1f}% (gap "
+                   f"{n['mean_after_break'] - la['mean_after_break']:+.1f} pp).")  # fmt: skip
+    return " ".join(out)
+
+
+def agreement_availability(table: pd.DataFrame, change: pd.DataFrame) -> str:
+    out = []
+    for (d, s, t, m), g in table.groupby(["dataset", "src", "tgt", "m"], sort=True):
+        g = g.sort_values("alpha")
+        v = g["mean"].to_numpy()
+        trend = "falls" if v[-1] < v[0] else "does NOT fall"
+        out.append(f"{_pair(d, s, t)} m={100 * m:g}%: source recall after the break {trend} "
+                   f"from {v[0]:.1f}% (α={g['alpha'].iloc[0]:g}) to {v[-1]:.1f}% "
+                   f"(α={g['alpha'].iloc[-1]:g}).")  # fmt: skip
+    for (d, s, t), g in change.groupby(["dataset", "src", "tgt"], sort=True):
+        up, down = g[g["delta_malicious"] > 0], g[g["delta_malicious"] < 0]
+        if len(up) and len(down):
+            out.append(f"{_pair(d, s, t)}: when more malicious participants are selected than "
+                       f"in the previous round, source recall changes by "
+                       f"{np.average(up['mean'], weights=up['runs']):+.1f} pp on average; when "
+                       f"fewer, by {np.average(down['mean'], weights=down['runs']):+.1f} pp "
+                       f"(paper: +3 or +4 malicious drop it by up to 40–60 pp).")  # fmt: skip
+    return " ".join(out)
+
+
+def pca_separation(pca: pd.DataFrame) -> pd.DataFrame:
+    """Per run: rows, malicious rows and the separation AUC of the PCA picture."""
+    g = pca.groupby(["dataset", "src", "tgt", "m", "repeat"], as_index=False)
+    return g.agg(rows=("malicious", "size"), malicious_rows=("malicious", "sum"),
+                 separation_auc=("separation", "first"))  # fmt: skip
+
+
+def agreement_pca(sep: pd.DataFrame) -> str:
+    out = []
+    for _, r in sep.iterrows():
+        what = (f"separation AUC {r['separation_auc']:.2f}" if np.isfinite(r["separation_auc"])
+                else "no malicious participant was selected, nothing to separate")  # fmt: skip
+        out.append(f"{_pair(r['dataset'], r['src'], r['tgt'])} m={100 * r['m']:g}%: "
+                   f"{int(r['malicious_rows'])} malicious of {int(r['rows'])} updates, {what}.")  # fmt: skip
+    return " ".join(out) + " Paper: clearly separated clusters for every m."

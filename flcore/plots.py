@@ -1,0 +1,142 @@
+"""The paper's figures, drawn from the tidy frames of `flcore.experiments`.
+
+Each function takes a frame and returns a matplotlib Figure; nothing here trains, so a figure
+can be redrawn from stored results.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from flcore.experiments import DATASET_LABEL
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def pair_title(dataset: str, src: int, tgt: int) -> str:
+    return f"{DATASET_LABEL.get(dataset, dataset)} {src}→{tgt}"
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.3, ncols: int | None = None):
+    ncols = min(n, 3) if ncols is None else ncols
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def fig1_feasibility(final: pd.DataFrame, pairs=None):
+    """Fig 1: mean M_acc and source recall (%) vs m, bars with standard-deviation error bars,
+    one panel per (dataset, src, tgt)."""
+    groups = list(final.groupby(["dataset", "src", "tgt"], sort=True))
+    if pairs is not None:
+        want = {tuple(p) for p in pairs}
+        groups = [g for g in groups if g[0] in want] or groups
+    fig, axes = _panels(len(groups))
+    for ax, ((d, s, t), g) in zip(axes, groups):
+        long = g.melt(id_vars=["m"], value_vars=["accuracy", "source_recall"], var_name="metric")
+        long["metric"] = long["metric"].map({"accuracy": "global accuracy", "source_recall": "source recall"})
+        long["m%"] = (100 * long["m"]).round(1).map(lambda v: f"{v:g}")
+        order = [f"{v:g}" for v in sorted((100 * g["m"]).round(1).unique())]
+        sns.barplot(long, x="m%", y="value", hue="metric", order=order, errorbar="sd", capsize=0.15,
+                    err_kws={"linewidth": 1}, ax=ax)  # fmt: skip
+        ax.set(title=pair_title(d, s, t), xlabel="malicious participants m (%)", ylabel="%", ylim=(0, 100))
+        ax.legend(loc="lower left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def fig2_acc_vs_recall(final: pd.DataFrame):
+    """Fig 2: mean global accuracy against mean source recall, one point per (pair, m)."""
+    g = final.groupby(["dataset", "src", "tgt", "m"], as_index=False)[["accuracy", "source_recall"]].mean()
+    g["pair"] = [pair_title(d, s, t) for d, s, t in zip(g["dataset"], g["src"], g["tgt"])]
+    g["m%"] = 100 * g["m"]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    sns.lineplot(g.sort_values("m"), x="source_recall", y="accuracy", hue="pair", sort=False,
+                 estimator=None, ax=ax, legend=False, alpha=0.4)  # fmt: skip
+    sns.scatterplot(g, x="source_recall", y="accuracy", hue="pair", size="m%", sizes=(30, 160), ax=ax)
+    ax.set(xlabel="source class recall (%)", ylabel="global accuracy M_acc (%)",
+           title="Accuracy hides the damage to the source class")  # fmt: skip
+    ax.legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def fig_recall_rounds(rounds: pd.DataFrame, break_round: int, hue: str = "setting", title: str = ""):
+    """Figs 3, 4, 6: source recall per round (mean over repeats, band = ± sd), the break round
+    marked by a vertical line; one panel per (dataset, src, tgt)."""
+    groups = list(rounds.groupby(["dataset", "src", "tgt"], sort=True))
+    fig, axes = _panels(len(groups), width=5.2, height=3.6, ncols=min(len(groups), 2))
+    for ax, ((d, s, t), g) in zip(axes, groups):
+        sns.lineplot(g, x="round", y="source_recall", hue=hue, errorbar="sd", ax=ax, marker="o",
+                     markersize=3)  # fmt: skip
+        ax.axvline(break_round, color="tab:blue", linestyle="--", linewidth=1.2)
+        ax.set(title=f"{title} {pair_title(d, s, t)}".strip(), xlabel="round",
+               ylabel="source class recall (%)", ylim=(0, 100))  # fmt: skip
+        ax.legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def fig5_availability(per_repeat: pd.DataFrame):
+    """Fig 5: source recall averaged over the rounds ≥ break round, per m, bars per α, error
+    bars = standard deviation over repeats (`experiments.availability_per_repeat`)."""
+    groups = list(per_repeat.groupby(["dataset", "src", "tgt"], sort=True))
+    fig, axes = _panels(len(groups))
+    for ax, ((d, s, t), g) in zip(axes, groups):
+        g = g.assign(**{"m%": (100 * g["m"]).map(lambda v: f"{v:g}"),
+                        "α": g["alpha"].map(lambda a: f"{a:g}")})  # fmt: skip
+        order = sorted(g["m%"].unique(), key=float)
+        hue_order = sorted(g["α"].unique(), key=float)
+        sns.barplot(g, x="m%", y="source_recall", hue="α", order=order, hue_order=hue_order,
+                    errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, palette="rocket_r", ax=ax)  # fmt: skip
+        ax.set(title=pair_title(d, s, t), xlabel="malicious participants m (%)",
+               ylabel="source recall, rounds ≥ break (%)", ylim=(0, 100))  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def fig7_recall_change(change: pd.DataFrame):
+    """Fig 7: mean change in source recall between consecutive rounds vs change in the number
+    of malicious participants selected."""
+    groups = list(change.groupby(["dataset", "src", "tgt"], sort=True))
+    fig, axes = _panels(len(groups))
+    for ax, ((d, s, t), g) in zip(axes, groups):
+        g = g.sort_values("delta_malicious")
+        colors = ["tab:red" if v < 0 else "tab:green" for v in g["mean"]]
+        ax.bar(g["delta_malicious"], g["mean"], color=colors, yerr=g["std"].fillna(0), capsize=3)
+        ax.axhline(0, color="k", linewidth=0.8)
+        for x, y, n in zip(g["delta_malicious"], g["mean"], g["runs"]):
+            ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, 4 if y >= 0 else -12),
+                        ha="center", fontsize="x-small")  # fmt: skip
+        ax.set(title=pair_title(d, s, t), xlabel="Δ malicious participants (round r − (r−1))",
+               ylabel="Δ source recall (pp)")  # fmt: skip
+        ax.set_xticks(g["delta_malicious"])
+    fig.tight_layout()
+    return fig
+
+
+def fig8_defense_pca(pca: pd.DataFrame):
+    """Fig 8: the two principal components of the source-class updates, malicious × and
+    honest ○, one panel per (dataset, m)."""
+    groups = list(pca.groupby(["dataset", "src", "tgt", "m"], sort=True))
+    fig, axes = _panels(len(groups), width=3.6, height=3.3, ncols=min(len(groups), 4))
+    for ax, ((d, s, t, m), g) in zip(axes, groups):
+        h = g[~g["malicious"]]
+        mal = g[g["malicious"]]
+        ax.scatter(h["pc1"], h["pc2"], marker="o", facecolors="none", edgecolors="tab:blue",
+                   s=18, linewidths=0.8, label="honest")  # fmt: skip
+        ax.scatter(mal["pc1"], mal["pc2"], marker="x", color="tab:red", s=24, linewidths=1.0,
+                   label="malicious")  # fmt: skip
+        sep = g["separation"].iloc[0]
+        sep_s = f", AUC {sep:.2f}" if np.isfinite(sep) else ""
+        ax.set(title=f"{DATASET_LABEL.get(d, d)} {s}→{t}, m={100 * m:g}%{sep_s}", xlabel="PC 1",
+               ylabel="PC 2")  # fmt: skip
+        ax.title.set_fontsize("small")
+        ax.legend(fontsize="x-small", loc="best")
+    fig.tight_layout()
+    return fig

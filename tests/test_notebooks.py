@@ -1,0 +1,117 @@
+"""The workbook end to end: papermill runs every notebook on a tiny setting (a few hundred
+Fashion-MNIST images, 3 rounds) and the named figures and tables must exist and be sane."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+pytest.importorskip("papermill")
+
+from flcore.reproduce import REPO_ROOT, ParameterError, execute, load_parameters, notebooks
+
+pytestmark = pytest.mark.slow
+
+TINY_COMMON = {"n_train": {"fmnist": 500, "cifar10": 500}, "n_test": {"fmnist": 200, "cifar10": 200},
+                   "rounds": 3, "seed": 0, "precision": "fp32"}  # fmt: skip
+TINY = {
+    "01_feasibility": {"repeats": 2, "baseline_repeats": 3, "pairs": [["fmnist", 4, 6], ["fmnist", 6, 0]],
+                           "m_values": [0.0, 0.1, 0.5], "fig1_pairs": [["fmnist", 4, 6]]},
+    "02_targeting": {"repeats": 2, "baseline_repeats": 3, "pairs": [["fmnist", 4, 6], ["fmnist", 6, 0]], "m": 0.1},
+    "03_timing": {"repeats": 4, "baseline_repeats": 3, "break_round": 2, "m": 0.2,
+                      "pairs": [["fmnist", 4, 6], ["fmnist", 6, 0]], "figure_pairs": [["fmnist", 4, 6]]},
+    "04_availability": {"repeats": 2, "break_round": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.1, 0.3],
+                            "alphas": [0.6, 0.9], "fig6_m": 0.3},
+    "05_defense": {"repeats": 1, "pairs": [["fmnist", 4, 6]], "m_values": [0.1, 0.2], "rounds_from": 1},
+}  # fmt: skip
+FIGURES = ["fig1_feasibility", "fig2_acc_vs_recall", "fig3_early_poisoning", "fig4_late_poisoning",
+           "fig5_availability", "fig6_alpha_rounds", "fig7_recall_change", "fig8_defense_pca"]  # fmt: skip
+TABLES = ["table2_source_recall_loss", "table3_targeting", "table4_final_source_recall"]
+
+
+@pytest.fixture(scope="module")
+def workbook(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("workbook")
+    params = tmp / "params"
+    params.mkdir()
+    for name, p in TINY.items():
+        (params / f"{name}.yaml").write_text(yaml.safe_dump(TINY_COMMON | p))
+    extra = {"output_dir": str(tmp / "figures"), "results": str(tmp / "results")}
+    written = execute("test", root=REPO_ROOT, params_dir=params, reports_dir=tmp / "reports",
+                      extra=extra, log=lambda *a, **k: None)  # fmt: skip
+    return tmp, written
+
+
+def test_every_notebook_has_a_tiny_parameter_file():
+    assert sorted(p.stem for p in notebooks()) == sorted(TINY)
+
+
+def test_reports_written(workbook):
+    tmp, written = workbook
+    for name in TINY:
+        assert (tmp / "reports" / f"{name}.ipynb").exists()
+        assert (tmp / "reports" / f"{name}.html").stat().st_size > 1000
+    assert len(written) >= 2 * len(TINY)
+
+
+def test_named_figures_and_tables(workbook):
+    tmp, _ = workbook
+    out = tmp / "figures" / "test"
+    for f in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (out / f"{f}.{ext}").stat().st_size > 1000, f"{f}.{ext}"
+    for t in TABLES:
+        for ext in ("csv", "tex"):
+            assert (out / f"{t}.{ext}").exists(), f"{t}.{ext}"
+
+
+def _table(workbook, name) -> pd.DataFrame:
+    return pd.read_csv(workbook[0] / "figures" / "test" / f"{name}.csv")
+
+
+def test_table2_sane(workbook):
+    t = _table(workbook, "table2_source_recall_loss")
+    assert {"dataset", "src", "tgt", "setting", "mean", "std", "runs", "m_cnt"} <= set(t.columns)
+    assert set(zip(t["src"], t["tgt"])) == {(4, 6), (6, 0)}
+    assert sorted(t["m"].unique()) == [0.1, 0.5]
+    assert t["mean"].between(-100, 100).all() and (t["runs"] == 2).all() and (t["m_cnt"] >= 0).all()
+    assert not t.duplicated(["dataset", "src", "tgt", "setting"]).any()
+
+
+def test_table3_sane(workbook):
+    t = _table(workbook, "table3_targeting")
+    assert {"dataset", "src", "tgt", "setting", "mean", "std", "runs"} <= set(t.columns)
+    assert set(t["setting"]) == {"delta_source", "delta_target", "delta_others_sum"}
+    assert t["mean"].between(-800, 800).all()
+
+
+def test_table4_sane(workbook):
+    t = _table(workbook, "table4_final_source_recall")
+    assert set(t["setting"]) == {"malicious_in_PR", "none_in_PR"}
+    assert t.groupby(["src", "tgt"])["runs"].sum().eq(4).all()
+    ok = t["runs"] > 0
+    assert t.loc[ok, "mean"].between(0, 100).all()
+    assert t.loc[~ok, "mean"].isna().all()
+
+
+def test_baseline_trained_once(workbook):
+    """01, 02 and 03 share one clean baseline (one store entry with m = 0)."""
+    from flcore.store import Store
+
+    finals = Store(workbook[0] / "results").table("final")
+    assert finals.loc[finals["m"] == 0, "key"].nunique() == 1
+
+
+def test_unknown_parameter_names_it(tmp_path):
+    nb = REPO_ROOT / "notebooks" / "01_feasibility.ipynb"
+    y = tmp_path / "01_feasibility.yaml"
+    y.write_text("m_vals: [0.1]\n")
+    with pytest.raises(ParameterError, match=r"'m_vals'.*did you mean 'm_values'"):
+        load_parameters(y, nb)
+
+
+def test_recall_in_range(workbook):
+    t = _table(workbook, "table4_final_source_recall")
+    assert np.all((t["mean"].dropna() >= 0) & (t["mean"].dropna() <= 100))
