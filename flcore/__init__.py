@@ -7,7 +7,8 @@
 
 __version__ = "0.1.0"
 
+from flcore import sweep  # noqa: E402  (the module is callable: flcore.sweep(grid))
 from flcore.config import Config, ConfigError  # noqa: E402
 from flcore.engine import Result, run  # noqa: E402
 
-__all__ = ["Config", "ConfigError", "Result", "run", "__version__"]
+__all__ = ["Config", "ConfigError", "Result", "run", "sweep", "__version__"]

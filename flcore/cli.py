@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from flcore.config import Config, ConfigError
@@ -98,7 +99,7 @@ def cmd_run(argv: list[str]) -> int:
 
 def _num(x):
     x = float(x)
-    return None if x != x else x
+    return x if math.isfinite(x) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {name!r}{suggest(name, COMMANDS)}; commands: {', '.join(sorted(COMMANDS))}",
               file=sys.stderr)  # fmt: skip
         return 2
+    from flcore.data import DatasetFormatError, DatasetNotFoundError
+    from flcore.store import StoreError
+
     try:
         return COMMANDS[name](rest) or 0
-    except ConfigError as e:
+    except (ConfigError, StoreError, DatasetNotFoundError, DatasetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -86,6 +86,11 @@ class Config:
     engine: str = "fast"
 
     def __post_init__(self) -> None:
+        # whole numbers in real-valued fields become floats: m=0 and m=0.0 are one experiment
+        for name in ("m", "lr", "momentum", "lr_gamma", "beta", "alpha"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
         defaults = DATASET_DEFAULTS.get(self.dataset, {})
         if self.dataset in DATASET_DEFAULTS:
             for name, value in defaults.items():
@@ -232,8 +237,11 @@ class Config:
             fail(f"n_train={self.n_train}: each of the {self.num_participants} participants needs "
                  f"at least one batch of {self.batch_size}; raise n_train to at least "
                  f"{self.num_participants * self.batch_size}")  # fmt: skip
-        if not isinstance(self.aggregator_params, dict) or not isinstance(self.defense_params, dict):
-            fail("aggregator_params and defense_params must be dicts")
+        for name in ("aggregator_params", "defense_params"):
+            v = getattr(self, name)
+            if not isinstance(v, dict):
+                fail(f"{name}={v!r} ({type(v).__name__}): {name} must be a dict of options, "
+                     f"e.g. {{'beta': 0.2}} for trimmed_mean or {{'start_round': 10}} for the PCA defense")  # fmt: skip
         if self.aggregator != "fedavg":
             from flcore.aggregators import AGGREGATORS
 

@@ -25,7 +25,6 @@ Local training (documented choices):
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from flcore import __version__
+from flcore.aggregators import foolsgold_weights, get_aggregator
 from flcore.attacks import (
     STREAM_INIT,
     STREAM_LOCAL,
@@ -342,6 +342,131 @@ def _frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndar
 
 
 # ------------------------------------------------------------------------------------------
+# Aggregation and the online defense (shared by both engines)
+# ------------------------------------------------------------------------------------------
+
+# Online PCA defense (flcore.defense, paper Algorithm 1 made to decide), `defense_params`:
+DEFENSE_DEFAULTS = dict(
+    start_round=10,  # act from this round on (the paper's picture uses rounds >= 10)
+    mode="block",  # "block": flagged participants are excluded for the rest of the run;
+    # "round": only from this round's aggregate
+    min_rows=20,  # updates collected before the first decision
+    max_rows=1000,  # history the detector is fitted on (most recent rows)
+    min_silhouette=0.5,  # act only on a clear two-cluster split (none without an attack)
+    scope="history",  # judge a participant by all its updates ("round": only this one)
+    clusterer="kmeans",
+)
+
+
+class Aggregation:
+    """The aggregator's side of a round: optional defense, then the aggregation rule.
+
+    Called with the stacked global state `[R, ...]` and the k returned models of each of the R
+    repeats `[R, k, ...]`; returns the new global state. Plain FedAvg without a defense is a
+    mean over the model dimension; robust rules (flcore.aggregators) act on the flattened
+    updates `[k, P]` of all floating-point state. A round whose participants are all
+    excluded leaves the global model unchanged.
+    """
+
+    def __init__(self, cfg: Config, plan: Plan, float_names: list[str]):
+        self.cfg, self.plan, self.fkeys = cfg, plan, float_names
+        self.rule = get_aggregator(cfg.aggregator)
+        self.params = dict(cfg.aggregator_params)
+        self.plain = cfg.aggregator == "fedavg" and cfg.defense is None and not self.params
+        self.w_name = last_linear_weight_name(cfg.dataset)
+        self.excluded: list[tuple[int, int, int, bool]] = []
+        self.foolsgold = cfg.aggregator == "foolsgold"
+        self.history = None  # FoolsGold: per repeat and participant, summed output-layer updates
+        self.detectors = None
+        if cfg.defense == "pca":
+            from flcore.defense import OnlineDetector, PCADetector
+
+            unknown = set(cfg.defense_params) - set(DEFENSE_DEFAULTS)
+            if unknown:
+                raise ValueError(f"defense_params: unknown {sorted(unknown)}; valid: {sorted(DEFENSE_DEFAULTS)}")
+            self.dp = dict(DEFENSE_DEFAULTS, **cfg.defense_params)
+            self.detectors = [
+                OnlineDetector(PCADetector(clusterer=self.dp["clusterer"]), min_rows=self.dp["min_rows"],
+                               max_rows=self.dp["max_rows"], scope=self.dp["scope"])
+                for _ in range(cfg.repeats)
+            ]
+            self.blocked = [set() for _ in range(cfg.repeats)]
+
+    def excluded_frame(self) -> pd.DataFrame | None:
+        if self.detectors is None:
+            return None
+        return pd.DataFrame(self.excluded, columns=["repeat", "round", "participant", "malicious"]).astype(
+            {"repeat": np.int64, "round": np.int64, "participant": np.int64, "malicious": bool}
+        )
+
+    def __call__(self, rnd: int, glob: dict, local: dict, repeats: list[int]) -> dict:
+        """glob: name -> [R', ...]; local: name -> [R', k, ...] for the repeats `repeats`."""
+        if self.plain:
+            return {kk: (v.mean(1) if kk in self.fkeys else v[:, 0]) for kk, v in local.items()}
+        k = self.cfg.k
+        keep = np.ones((len(repeats), k), dtype=bool)
+        out_delta = local[self.w_name] - glob[self.w_name].unsqueeze(1)  # [R', k, C, F]
+        if self.detectors is not None:
+            for i, j in enumerate(repeats):
+                keep[i] = self._defend(rnd, j, out_delta[i])
+        flat_g = torch.cat([glob[kk].reshape(len(repeats), -1) for kk in self.fkeys], 1)
+        flat_l = torch.cat([local[kk].reshape(len(repeats), k, -1) for kk in self.fkeys], 2)
+        upd = flat_l - flat_g.unsqueeze(1)
+        new_flat = flat_g.clone()
+        for i, j in enumerate(repeats):
+            rows = upd[i][torch.as_tensor(keep[i], device=upd.device)]
+            if len(rows) == 0:
+                continue
+            params = dict(self.params)
+            if self.foolsgold:
+                ids = self.plan.selected[j, rnd - 1][keep[i]]
+                cur = out_delta[i][torch.as_tensor(keep[i], device=upd.device)].reshape(len(rows), -1)
+                hist = self._history(j, ids, cur)
+                weights = foolsgold_weights(cur, hist, **params).to(rows.dtype)
+                agg = (weights[:, None] * rows).sum(0) / weights.sum() if weights.sum() > 0 else None
+            else:
+                agg = self.rule(rows, **params)
+            if agg is not None:
+                new_flat[i] += agg
+        new, offset = {}, 0
+        for kk, v in local.items():
+            if kk in self.fkeys:
+                n = v[0, 0].numel()
+                new[kk] = new_flat[:, offset : offset + n].reshape(v.shape[0], *v.shape[2:]).contiguous()
+                offset += n
+            else:
+                new[kk] = v[:, 0]
+        return new
+
+    def _history(self, j: int, ids: np.ndarray, cur: torch.Tensor) -> torch.Tensor:
+        if self.history is None:
+            self.history = torch.zeros(self.cfg.repeats, self.cfg.num_participants, cur.shape[1],
+                                       dtype=cur.dtype, device=cur.device)  # fmt: skip
+        idx = torch.as_tensor(ids, device=cur.device)
+        past = self.history[j, idx].clone()
+        self.history[j, idx] += cur
+        return past
+
+    def _defend(self, rnd: int, j: int, delta: torch.Tensor) -> np.ndarray:
+        """Score this round's updates of repeat j; returns the keep mask [k]."""
+        ids = self.plan.selected[j, rnd - 1]
+        rows = delta[:, self.cfg.src, :].double().cpu().numpy()
+        if not np.isfinite(rows).all():
+            return np.ones(len(ids), dtype=bool)
+        det = self.detectors[j]
+        flagged = det.flag_round(ids, rows)
+        sep = getattr(det.detector_, "silhouette_", np.nan)
+        act = rnd >= self.dp["start_round"] and len(flagged) and sep >= self.dp["min_silhouette"]
+        if act and self.dp["mode"] == "block":
+            self.blocked[j].update(int(p) for p in flagged)
+        drop = np.isin(ids, list(self.blocked[j])) if self.dp["mode"] == "block" else (
+            np.isin(ids, flagged) if act else np.zeros(len(ids), bool))  # fmt: skip
+        for p in ids[drop]:
+            self.excluded.append((j, rnd, int(p), bool(self.plan.is_malicious[j, p])))
+        return ~drop
+
+
+# ------------------------------------------------------------------------------------------
 # Reference engine
 # ------------------------------------------------------------------------------------------
 
@@ -359,6 +484,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     w_name = last_linear_weight_name(cfg.dataset)
     dtype = _dtype(precision)
     model = build_model(cfg.dataset).to(device, dtype)
+    aggregate = Aggregation(cfg, plan, float_keys(plan.init[0]))
     for j in range(R):
         global_state = _to_dtype(plan.init[j], dtype, device)
         e = 0
@@ -389,10 +515,9 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 if updates is not None:
                     delta = returned[-1][w_name] - global_state[w_name]
                     updates[j, r - 1, s] = _update_rows(cfg, delta).cpu().numpy()
-            new_state = dict(returned[0])
-            for kk in float_keys(global_state):
-                new_state[kk] = torch.stack([st[kk] for st in returned]).mean(0)
-            global_state = new_state
+            local = {kk: torch.stack([st[kk] for st in returned]).unsqueeze(0) for kk in returned[0]}
+            one = aggregate(r, {kk: v.unsqueeze(0) for kk, v in global_state.items()}, local, [j])
+            global_state = {kk: v[0] for kk, v in one.items()}
             if diverged_at[j] > T and not all(torch.isfinite(global_state[kk]).all() for kk in float_keys(global_state)):
                 diverged_at[j] = r
             if r in eval_rounds:
@@ -407,7 +532,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
             if progress is not None:
                 progress.update(1)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
-                diverged_at=diverged_at, updates=updates)  # fmt: skip
+                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame())  # fmt: skip
 
 
 def _updates_buffer(cfg: Config) -> np.ndarray | None:
@@ -449,7 +574,6 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
     mean = torch.tensor(data.mean, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
     std = torch.tensor(data.std, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
     mean_e, std_e = mean[:, : R * C], std[:, : R * C]
-    is_mal = torch.as_tensor(plan.is_malicious, device=device)
     eval_rounds = np.asarray(cfg.eval_rounds())
     confusion = np.zeros((R, len(eval_rounds), NUM_CLASSES, NUM_CLASSES), np.int64)
     losses = np.zeros((R, T))
@@ -461,6 +585,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
     glob = _to_dtype(stack_states(plan.init), dtype, device)  # [R, ...]
     cl = torch.channels_last
     chunk = _eval_chunk(R, spec[0].args[1], H * W)
+    aggregate = Aggregation(cfg, plan, fkeys)
     e = 0
     for r in range(1, T + 1):
         # --- this round's data for each of the G = R*k models -----------------------------
@@ -517,11 +642,8 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
             if updates is not None:
                 delta = state[w_name].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
                 updates[:, r - 1] = _update_rows(cfg, delta).cpu().numpy()
-            new = {}
-            for kk, v in state.items():
-                v = v.view(R, k, *v.shape[1:])
-                new[kk] = v.mean(1) if kk in fkeys else v[:, 0]
-            glob = new
+            local = {kk: v.view(R, k, *v.shape[1:]) for kk, v in state.items()}
+            glob = aggregate(r, glob, local, list(range(R)))
             finite = torch.stack([torch.isfinite(glob[kk]).view(R, -1).all(1) for kk in fkeys]).all(0)
             for j in np.flatnonzero(~finite.cpu().numpy()):
                 diverged_at[j] = min(diverged_at[j], r)
@@ -541,7 +663,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
         if progress is not None:
             progress.update(1)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
-                diverged_at=diverged_at, updates=updates)  # fmt: skip
+                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame())  # fmt: skip
 
 
 def _unequal_shares_error(lengths):
@@ -554,6 +676,19 @@ def _unequal_shares_error(lengths):
 # ------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------
+
+
+def resolved(config: Config) -> Config:
+    """The config with device and precision resolved for this machine (what the key hashes)."""
+    device = resolve_device(config.device)
+    return config.replace(device=device, precision=resolve_precision(config.precision, device))
+
+
+def store_key(config: Config) -> str:
+    """The result-store key of `config` on this machine (device kind and precision resolved)."""
+    from flcore.store import config_key
+
+    return config_key(resolved(config).key_dict(), __version__)
 
 
 def run(
@@ -579,15 +714,15 @@ def run(
         config = Config.from_dict(config)
     if overrides:
         config = config.replace(**overrides)
-    device = resolve_device(config.device)
-    cfg = config.replace(device=device, precision=resolve_precision(config.precision, device))
+    cfg = resolved(config)
+    device = cfg.device
 
     st = None
     if store is not None:
-        from flcore.store import Store, config_key
+        from flcore.store import Store
 
         st = Store(store)
-        key = config_key(cfg.key_dict(), __version__)
+        key = store_key(cfg)
         hit = st.get(key)
         if hit is not None:
             return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
@@ -624,12 +759,8 @@ def run(
         "data_source": data.source,
     }
     result = Result(cfg, rounds, recall, raw["confusion"], raw["eval_rounds"], plan.selected,
-                    plan.malicious, raw["updates"], None, meta)  # fmt: skip
+                    plan.malicious, raw["updates"], raw["excluded"], meta)  # fmt: skip
     if st is not None:
         frames, arrays, meta = result.to_store()
         st.put(key, cfg.key_dict(), frames, arrays, meta)
     return result
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)

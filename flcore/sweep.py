@@ -231,17 +231,10 @@ def _as_configs(grid_or_configs) -> list[Config]:
 
 
 def store_key(cfg: Config) -> str:
-    """The store key `flcore.engine.run` uses for `cfg` on this machine.
+    """The store key `flcore.engine.run` uses for `cfg` on this machine."""
+    from flcore.engine import store_key as engine_store_key
 
-    As in `run`, device and precision are resolved first ("auto" -> what this machine runs).
-    Raises RuntimeError if the config asks for a device this machine lacks.
-    """
-    from flcore.engine import resolve_device, resolve_precision
-    from flcore.store import config_key
-
-    device = resolve_device(cfg.device)
-    resolved = cfg.replace(device=device, precision=resolve_precision(cfg.precision, device))
-    return config_key(resolved.key_dict(), __version__)
+    return engine_store_key(cfg)
 
 
 def _local_key(cfg: Config) -> str | None:

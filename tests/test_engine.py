@@ -1,0 +1,137 @@
+"""The federated engines: agreement, determinism, the store, and real Fashion-MNIST runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flcore import Config, run
+from flcore.data import DatasetNotFoundError, load_dataset
+from flcore.engine import cpu_flags, resolve_precision
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    try:
+        return load_dataset("fmnist", download=False, progress=False)
+    except DatasetNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {e}")
+
+
+@pytest.fixture(scope="module")
+def cifar_small():
+    try:
+        return load_dataset("cifar10", download=False, progress=False).subset(200, 100, seed=0)
+    except DatasetNotFoundError as e:
+        pytest.skip(f"CIFAR-10 not found: {e}")
+
+
+def tiny(dataset="fmnist", **kw):
+    base = dict(dataset=dataset, m=0.2, rounds=2, repeats=2, num_participants=10, k=3,
+                n_train=800, n_test=200, record_updates="all")  # fmt: skip
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.mark.parametrize("dataset", ["fmnist", "cifar10"])
+def test_fast_engine_equals_the_sequential_reference(dataset, fmnist, cifar_small):
+    data = fmnist if dataset == "fmnist" else cifar_small
+    cfg = tiny(dataset, precision="fp64", n_train=None if dataset == "cifar10" else 800,
+               n_test=None if dataset == "cifar10" else 200)  # fmt: skip
+    fast = run(cfg, store=None, data=data, progress=False)
+    ref = run(cfg.replace(engine="reference"), store=None, data=data, progress=False)
+    np.testing.assert_array_equal(fast.selected, ref.selected)
+    np.testing.assert_array_equal(fast.malicious, ref.malicious)
+    np.testing.assert_allclose(fast.updates, ref.updates, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(fast.confusion, ref.confusion)
+    np.testing.assert_allclose(fast.rounds["train_loss"], ref.rounds["train_loss"], rtol=1e-9)
+    assert np.abs(fast.updates).max() > 1e-3  # the comparison is not of zeros
+
+
+def test_fast_and_reference_agree_in_fp32(fmnist):
+    cfg = tiny(precision="fp32", rounds=1)
+    fast = run(cfg, store=None, data=fmnist, progress=False)
+    ref = run(cfg.replace(engine="reference"), store=None, data=fmnist, progress=False)
+    np.testing.assert_array_equal(fast.selected, ref.selected)
+    np.testing.assert_allclose(fast.updates, ref.updates, atol=2e-3)
+    acc_f, acc_r = fast.rounds["accuracy"].to_numpy(), ref.rounds["accuracy"].to_numpy()
+    assert np.abs(acc_f - acc_r).max() < 3.0
+
+
+def test_same_config_and_seed_give_the_same_numbers(fmnist):
+    cfg = tiny(precision="fp32")
+    a = run(cfg, store=None, data=fmnist, progress=False)
+    b = run(cfg, store=None, data=fmnist, progress=False)
+    np.testing.assert_array_equal(a.confusion, b.confusion)
+    np.testing.assert_array_equal(a.updates, b.updates)
+    c = run(cfg.replace(seed=1), store=None, data=fmnist, progress=False)
+    assert not np.array_equal(a.selected, c.selected)
+
+
+def test_repeats_are_independent_of_batching(fmnist):
+    """Repeat j of a 2-repeat run is the same federation as a 1-repeat run would be for j=0."""
+    cfg = tiny(precision="fp64", rounds=1)
+    both = run(cfg, store=None, data=fmnist, progress=False)
+    one = run(cfg.replace(repeats=1), store=None, data=fmnist, progress=False)
+    np.testing.assert_array_equal(both.confusion[:1], one.confusion)
+    np.testing.assert_array_equal(both.selected[:1], one.selected)
+
+
+def test_store_returns_an_identical_config_without_training(fmnist, tmp_path, monkeypatch):
+    cfg = tiny(precision="fp32", rounds=1)
+    first = run(cfg, store=tmp_path, data=fmnist, progress=False)
+    from flcore import engine
+
+    def boom(*a, **k):
+        raise AssertionError("retrained a stored configuration")
+
+    monkeypatch.setattr(engine, "_run_fast", boom)
+    again = run(cfg, store=tmp_path, data=fmnist, progress=False)
+    np.testing.assert_array_equal(first.confusion, again.confusion)
+    np.testing.assert_array_equal(first.updates, again.updates)
+    assert first.final().equals(again.final())
+
+
+def test_recorded_updates_are_the_output_layer_deltas(fmnist):
+    src = run(tiny(precision="fp64", record_updates="source", rounds=1), store=None, data=fmnist, progress=False)
+    full = run(tiny(precision="fp64", rounds=1), store=None, data=fmnist, progress=False)
+    assert src.updates.shape == (2, 1, 3, 1, 1568) and full.updates.shape == (2, 1, 3, 10, 1568)
+    np.testing.assert_array_equal(src.updates[..., 0, :], full.updates[..., 4, :])
+
+
+def test_diverging_run_is_recorded_not_averaged(fmnist):
+    res = run(tiny(precision="fp32", lr=10.0, momentum=0.9, rounds=3), store=None, data=fmnist, progress=False)
+    assert res.meta["status"] == "diverged"
+    assert res.rounds["diverged"].any()
+    assert res.summary().loc["accuracy", "runs"] < 2
+
+
+@pytest.mark.slow
+def test_real_fmnist_run_learns_and_a_heavy_attack_hurts_the_source(fmnist):
+    common = dict(dataset="fmnist", src=4, tgt=6, rounds=2, repeats=2, num_participants=10, k=5,
+                  n_train=4000, n_test=1000)  # fmt: skip
+    clean = run(Config(m=0.0, **common), store=None, data=fmnist, progress=False).final()
+    attacked = run(Config(m=0.5, **common), store=None, data=fmnist, progress=False).final()
+    assert clean["accuracy"].min() > 60  # chance is 10%
+    assert clean["source_recall"].mean() - attacked["source_recall"].mean() > 20
+
+
+@pytest.mark.slow
+def test_bf16_stays_within_one_point_of_fp32(fmnist):
+    if resolve_precision("auto", "cpu") != "bf16":
+        pytest.skip(f"bf16 is slow on this CPU (no AMX/AVX512-BF16 in {sorted(cpu_flags() & {'avx2', 'avx512f'})})")
+    common = dict(dataset="fmnist", m=0.0, rounds=2, repeats=2, num_participants=10, k=5,
+                  n_train=4000, n_test=2000)  # fmt: skip
+    a32 = run(Config(precision="fp32", **common), store=None, data=fmnist, progress=False).final()
+    a16 = run(Config(precision="bf16", **common), store=None, data=fmnist, progress=False).final()
+    assert abs(a32["accuracy"].mean() - a16["accuracy"].mean()) < 1.0
+
+
+def test_auto_precision_rule():
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    expected = "bf16" if {"amx_bf16", "avx512_bf16"} & cpu_flags() else "fp32"
+    assert resolve_precision("auto", "cpu") == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            run(tiny(device="cuda"), store=None, progress=False)
