@@ -45,7 +45,7 @@ def fig1_feasibility(final: pd.DataFrame, pairs=None):
         sns.barplot(long, x="m%", y="value", hue="metric", order=order, errorbar="sd", capsize=0.15,
                     err_kws={"linewidth": 1}, ax=ax)  # fmt: skip
         ax.set(title=pair_title(d, s, t), xlabel="malicious participants m (%)", ylabel="%", ylim=(0, 100))
-        ax.legend(loc="lower left", fontsize="small")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
 
