@@ -138,6 +138,10 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
             cell = _failed_cell(target)
             raise RuntimeError(f"{nb.name} failed (partial output: {target})\n"
                                f"{cell or e.ename + ': ' + e.evalue}") from None  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - e.g. a dead kernel: report it like a failed cell
+            log(f" FAILED after {time.perf_counter() - t0:.0f} s")
+            raise RuntimeError(f"{nb.name} failed (partial output: {target}): "
+                               f"{type(e).__name__}: {e}") from None  # fmt: skip
         html = export_html(target)
         written += [target, html]
         log(f" done in {time.perf_counter() - t0:.0f} s")
