@@ -476,3 +476,55 @@ class OnlineDetector:
         X = np.concatenate(self._X)[-max_rows:]
         ids = np.concatenate(self._ids)[-max_rows:]
         self._X, self._ids = [X], [ids]
+
+
+# ---------------------------------------------------------------------------------------
+# Offline evaluation on a run's recorded updates
+# ---------------------------------------------------------------------------------------
+
+
+def result_updates(result, repeat: int, src: int | None = None, rounds_from: int = 10):
+    """Detector input from one repeat of a `flcore.engine.Result` run with
+    ``record_updates="source"`` or ``"all"``: ``(X [n, F], meta)`` as `updates_frame`."""
+    if result.updates is None:
+        raise ValueError(
+            "this result has no recorded updates: run it with record_updates='source' (or 'all')"
+        )
+    cfg = result.config
+    u = result.updates[repeat]  # [rounds, k, rows, F]
+    T, k = u.shape[:2]
+    sel = result.selected[repeat]
+    mal = np.isin(sel, result.malicious[repeat])
+    rounds = np.repeat(np.arange(1, T + 1), k)
+    flat = u.reshape(T * k, *u.shape[2:])
+    if flat.shape[1] == 1:  # only the source row was recorded
+        if src not in (None, cfg.src):
+            raise ValueError(f"src={src}: only class {cfg.src}'s row was recorded; use record_updates='all'")
+        flat, src = flat, 0
+    else:
+        src = cfg.src if src is None else src
+    return updates_frame(flat, sel.reshape(-1), rounds, mal.reshape(-1), src=src, rounds_from=rounds_from)
+
+
+def evaluate_detection(result, detector=None, rounds_from: int = 10, how: str = "mean") -> pd.DataFrame:
+    """Algorithm 1 with a decision, scored against the truth, for every repeat of a run.
+
+    Fits `detector` (default `PCADetector()`) on each repeat's source-class updates of rounds
+    ``>= rounds_from`` and returns one row per (repeat, level) with level "update" (every
+    row judged) and "participant" (rows aggregated by `participant_verdict`), holding the
+    `detection_metrics` columns. Participants never selected in those rounds are absent.
+    """
+    detector = PCADetector() if detector is None else detector
+    rows = []
+    for j in range(result.updates.shape[0] if result.updates is not None else 0):
+        X, meta = result_updates(result, j, rounds_from=rounds_from)
+        det = clone(detector).fit(X)
+        scores = det.decision_function(X)
+        rows.append({"repeat": j, "level": "update", **detection_metrics(meta["malicious"], scores > 0, scores)})
+        verdict = participant_verdict(meta["participant"], scores, how=how)
+        truth = np.isin(verdict["participant"], result.malicious[j])
+        rows.append({"repeat": j, "level": "participant",
+                     **detection_metrics(truth, verdict["flagged"], verdict["score"])})  # fmt: skip
+    if not rows:
+        result_updates(result, 0)  # raises the explanatory error
+    return pd.DataFrame(rows)

@@ -352,7 +352,7 @@ DEFENSE_DEFAULTS = dict(
     # "round": only from this round's aggregate
     min_rows=20,  # updates collected before the first decision
     max_rows=1000,  # history the detector is fitted on (most recent rows)
-    min_silhouette=0.5,  # act only on a clear two-cluster split (none without an attack)
+    min_silhouette=0.5,  # act only on a clear split: measured 0.57-0.66 under attack (m=10-20%), 0.33-0.37 clean (F-MNIST)
     scope="history",  # judge a participant by all its updates ("round": only this one)
     clusterer="kmeans",
 )
@@ -732,7 +732,7 @@ def run(
     plan = make_plan(cfg, data)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # a text bar: widget bars are saved as a dead "0/N" by papermill
 
         bar = tqdm(total=cfg.rounds * (cfg.repeats if cfg.engine == "reference" else 1),
                    desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}", unit="round", leave=False)  # fmt: skip
