@@ -303,6 +303,179 @@ def defense_updates(pairs, m_values, *, rounds: int, repeats: int = 1, store="re
 
 
 # ------------------------------------------------------------------------------------------
+# Defense: detection (notebook 05) and the comparison of defenses (notebook 06)
+# ------------------------------------------------------------------------------------------
+
+# The defenses notebook 06 compares: name -> the Config fields that select it. Parameters
+# that need k = 5 in mind: trimmed mean drops floor(β·k) values per end, so β ≥ 0.2 to trim
+# anything; Krum needs k > 2f + 2, so f = 1.
+DEFENSES = {
+    "none": {},
+    "pca": {"defense": "pca"},  # the online PCA detector, flagged participants blocked
+    "median": {"aggregator": "median"},
+    "trimmed_mean": {"aggregator": "trimmed_mean", "aggregator_params": {"beta": 0.2}},
+    "multi_krum": {"aggregator": "multi_krum", "aggregator_params": {"f": 1}},
+    "foolsgold": {"aggregator": "foolsgold"},
+}
+DEFENSE_LABEL = {"none": "no defense", "pca": "PCA detector + blocking", "median": "median",
+                 "trimmed_mean": "trimmed mean", "multi_krum": "Multi-Krum", "foolsgold": "FoolsGold"}  # fmt: skip
+_DETECTION_METRICS = ("precision", "recall", "f1", "fpr", "roc_auc")
+_DETECTION_COUNTS = ("tp", "fp", "tn", "fn")
+
+
+def detection_frame(results: Sequence[Result], rounds_from: int = 10, how: str = "mean") -> pd.DataFrame:
+    """Algorithm 1 with a decision (`flcore.defense.evaluate_detection`) scored against the
+    truth for every run and repeat: one row per (run, repeat, level), level "update" (each
+    recorded update judged) or "participant" (a participant's updates aggregated by `how`),
+    with precision, recall, f1, fpr, roc_auc and the counts tp, fp, tn, fn."""
+    from flcore.defense import evaluate_detection
+
+    frames = []
+    for res in results:
+        if res.updates is None:
+            raise ValueError(f"{setting_label(res.config.m)}: no recorded updates; run with record_updates='source'")
+        df = evaluate_detection(res, rounds_from=rounds_from, how=how)
+        df = df[df["repeat"].isin(_ok_repeats(res))]
+        for kk, v in reversed(_keys(res.config).items()):
+            df.insert(0, kk, v)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def detection_table(det: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, pair, m, level): the detection metrics averaged over repeats (NaN-aware:
+    a repeat without any malicious update has no AUC), the counts summed, and runs."""
+    keys = ["dataset", "src", "tgt", "m", "level"]
+    g = det.groupby(keys, sort=True)
+    out = g[list(_DETECTION_METRICS)].mean().join(g[list(_DETECTION_COUNTS)].sum())
+    out["runs"] = g.size()
+    out = out.reset_index()
+    out.insert(4, "setting", [setting_label(m) for m in out["m"]])
+    return out
+
+
+def defense_config(cfg: Config, defense: str, aggregator_params: dict | None = None,
+                   pca_params: dict | None = None) -> Config:  # fmt: skip
+    """`cfg` with the defense `defense` (a key of `DEFENSES`) switched on.
+
+    aggregator_params: {defense name: params} overriding `DEFENSES`' defaults, e.g.
+    {"trimmed_mean": {"beta": 0.4}}; pca_params: `defense_params` of the PCA detector
+    (defaults: `flcore.engine.DEFENSE_DEFAULTS`).
+    """
+    if defense not in DEFENSES:
+        from flcore.config import suggest
+
+        raise ValueError(f"defense {defense!r}: unknown{suggest(defense, DEFENSES)} (valid: {', '.join(DEFENSES)})")
+    fields = dict(DEFENSES[defense])
+    over = (aggregator_params or {}).get(defense)
+    if over is not None:
+        fields["aggregator_params"] = dict(fields.get("aggregator_params", {}), **over)
+    if defense == "pca":
+        fields["defense_params"] = dict(pca_params or {})
+    return cfg.replace(**fields)
+
+
+def blocking_frame(res: Result) -> pd.DataFrame:
+    """Who the online defense excluded, per repeat: blocked (distinct participants ever
+    excluded), blocked_malicious (of them malicious), first_block (round of the first
+    exclusion, NaN if none). Empty columns (NaN) for runs without the PCA defense."""
+    R = res.config.repeats
+    out = pd.DataFrame({"repeat": np.arange(R), "blocked": np.nan, "blocked_malicious": np.nan,
+                        "first_block": np.nan})  # fmt: skip
+    ex = res.excluded
+    if ex is None:
+        return out
+    out[["blocked", "blocked_malicious"]] = 0.0
+    for j, g in ex.groupby("repeat"):
+        first = g.drop_duplicates("participant")
+        out.loc[out["repeat"] == j, ["blocked", "blocked_malicious", "first_block"]] = (
+            len(first), float(first["malicious"].sum()), float(g["round"].min()))
+    return out
+
+
+def defense_comparison(pairs, m_values, defenses=tuple(DEFENSES), *, rounds: int, repeats: int,
+                       aggregator_params: dict | None = None, pca_params: dict | None = None,
+                       store="results", progress=True, **base) -> pd.DataFrame:  # fmt: skip
+    """Final metrics of every pair × defense × m, m = 0 (the clean-run cost) always included.
+
+    Returns a final frame (module doc) with a `defense` column and, from `blocking_frame`,
+    blocked, blocked_malicious and first_block (PCA defense only). Every m = 0 run keeps
+    the pair: the PCA defense watches the source class's updates even on clean runs.
+    """
+    unknown = [d for d in defenses if d not in DEFENSES]
+    if unknown:
+        defense_config(Config(), unknown[0])  # raises, naming the valid ones
+    ms = sorted({0.0, *(float(m) for m in m_values)})
+    frames = []
+    for d, s, t in pair_list(pairs):
+        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, eval_every=rounds, **base)
+        for name in defenses:
+            dcfg = defense_config(cfg, name, aggregator_params, pca_params)
+            for res in run_grid([dcfg.replace(m=m) for m in ms], store, progress):
+                f = final_frame(res).merge(blocking_frame(res), on="repeat", how="left")
+                f.insert(list(f.columns).index("repeat"), "defense", name)
+                frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def comparison_table(final: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, pair, defense, m): final source recall and M_acc (mean, std over repeats),
+    runs, and the gap to the clean run without defense (`*_vs_clean`, pp: this mean minus
+    the no-defense m = 0 mean of the pair; at m = 0 it is the defense's clean-run cost).
+    PCA rows also hold the mean number of participants blocked and how many were malicious."""
+    keys = ["dataset", "src", "tgt", "defense", "m"]
+    g = final.groupby(keys, sort=False)
+    t = pd.DataFrame({
+        "source_recall_mean": g["source_recall"].mean(), "source_recall_std": g["source_recall"].std(ddof=1),
+        "accuracy_mean": g["accuracy"].mean(), "accuracy_std": g["accuracy"].std(ddof=1),
+        "runs": g.size(), "blocked": g["blocked"].mean(), "blocked_malicious": g["blocked_malicious"].mean(),
+    }).reset_index()  # fmt: skip
+    clean = t[(t["defense"] == "none") & (t["m"] == 0)].set_index(["dataset", "src", "tgt"])
+    ref = t.set_index(["dataset", "src", "tgt"]).index
+    for v in ("source_recall", "accuracy"):
+        base = clean[f"{v}_mean"].reindex(ref).to_numpy() if len(clean) else np.nan
+        t[f"{v}_vs_clean"] = t[f"{v}_mean"] - base
+    t.insert(4, "setting", [DEFENSE_LABEL.get(d, d) for d in t["defense"]])
+    order = {d: i for i, d in enumerate(DEFENSES)}
+    t = t.sort_values(["dataset", "src", "tgt", "defense", "m"], key=lambda c: c.map(order) if c.name == "defense" else c)
+    return t.reset_index(drop=True)
+
+
+def agreement_detection(table: pd.DataFrame) -> str:
+    """One sentence per (pair, m): per-participant ROC AUC, precision and recall."""
+    out = []
+    p = table[table["level"] == "participant"]
+    for _, r in p.iterrows():
+        auc = f"ROC AUC {r['roc_auc']:.2f}" if np.isfinite(r["roc_auc"]) else "no ROC AUC (one class only)"
+        out.append(f"{_pair(r['dataset'], r['src'], r['tgt'])} m={100 * r['m']:g}%: per participant "
+                   f"{auc}, precision {r['precision']:.2f}, recall {r['recall']:.2f} "
+                   f"({int(r['tp'])} of {int(r['tp'] + r['fn'])} malicious flagged, {int(r['fp'])} honest).")  # fmt: skip
+    return " ".join(out)
+
+
+def agreement_comparison(table: pd.DataFrame) -> str:
+    """Per pair and m > 0: which defense ends closest to the clean source recall, and how
+    far the undefended and PCA-defended runs are from it; the clean-run cost of each."""
+    out = []
+    for (d, s, t), g in table.groupby(["dataset", "src", "tgt"], sort=True):
+        for m, gm in g[g["m"] > 0].groupby("m", sort=True):
+            best = gm.loc[gm["source_recall_vs_clean"].abs().idxmin()]
+            parts = [f"{_pair(d, s, t)} m={100 * m:g}%: best {DEFENSE_LABEL.get(best['defense'])} "
+                     f"({best['source_recall_vs_clean']:+.1f} pp source recall vs clean)"]  # fmt: skip
+            for name in ("none", "pca"):
+                row = gm[gm["defense"] == name]
+                if len(row):
+                    parts.append(f"{DEFENSE_LABEL[name]} {row['source_recall_vs_clean'].iloc[0]:+.1f} pp")
+            out.append(", ".join(parts) + ".")
+        c = g[(g["m"] == 0) & (g["defense"] != "none")]
+        if len(c):
+            costs = ", ".join(f"{DEFENSE_LABEL.get(r['defense'])} {r['accuracy_vs_clean']:+.1f} pp"
+                              for _, r in c.iterrows())  # fmt: skip
+            out.append(f"{_pair(d, s, t)} clean-run cost in M_acc: {costs}.")
+    return " ".join(out)
+
+
+# ------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------
 
@@ -426,18 +599,18 @@ def recall_change(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
     return _summary(df, ["dataset", "src", "tgt", "delta_malicious"], "delta_recall")
 
 
-def pca_frame(results: Sequence[Result], rounds_from: int = 1) -> pd.DataFrame:
+def pca_frame(results: Sequence[Result], rounds_from: int = 1, how: str = "mean") -> pd.DataFrame:
     """Algorithm 1's picture: per run, the source-class output-node updates of every selected
     participant (rounds ≥ rounds_from), standardised per coordinate and projected on two
     principal components. One row per (run, round, participant): dataset, src, tgt, m,
     round, participant, malicious, pc1, pc2, separation (ROC AUC of the better PC against the
-    truth, folded to ≥ 0.5; 1 = perfectly separated)."""
-    from sklearn.decomposition import PCA
+    truth, folded to ≥ 0.5; 1 = perfectly separated), and the decision of
+    `flcore.defense.PCADetector` fitted on the same rows: score (suspicion of the update),
+    flagged (the update falls in the malicious cluster), participant_flagged (the
+    participant's verdict over all its updates, `participant_verdict(how)`)."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from flcore.defense import updates_frame
+    from flcore.defense import PCADetector, participant_verdict, updates_frame
 
     frames = []
     for res in results:
@@ -452,8 +625,12 @@ def pca_frame(results: Sequence[Result], rounds_from: int = 1) -> pd.DataFrame:
             rnd = np.repeat(np.arange(1, T + 1), k)
             X, meta = updates_frame(u.reshape(T * k, 1, -1), sel.reshape(-1), rnd, is_mal.reshape(-1),
                                     src=0, rounds_from=rounds_from)  # fmt: skip
-            Z = make_pipeline(StandardScaler(), PCA(n_components=2, random_state=0)).fit_transform(X)
-            df = meta.assign(pc1=Z[:, 0], pc2=Z[:, 1])
+            det = PCADetector(n_components=2, random_state=0).fit(X)  # scaler + PCA as in the paper
+            Z = det.transform(X)
+            score = det.decision_function(X)
+            verdict = participant_verdict(meta["participant"], score, how=how).set_index("participant")
+            df = meta.assign(pc1=Z[:, 0], pc2=Z[:, 1], score=score, flagged=score > 0,
+                             participant_flagged=verdict.loc[meta["participant"], "flagged"].to_numpy())  # fmt: skip
             sep = np.nan
             if 0 < df["malicious"].sum() < len(df):
                 aucs = [roc_auc_score(df["malicious"], df[c]) for c in ("pc1", "pc2")]

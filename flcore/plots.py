@@ -122,7 +122,9 @@ def fig7_recall_change(change: pd.DataFrame):
 
 def fig8_defense_pca(pca: pd.DataFrame):
     """Fig 8: the two principal components of the source-class updates, malicious × and
-    honest ○, one panel per (dataset, m)."""
+    honest ○, one panel per (dataset, m). With the detector's decision in the frame
+    (`experiments.pca_frame`: participant_flagged), updates of flagged participants are
+    ringed in black and the title gives the per-participant precision and recall."""
     groups = list(pca.groupby(["dataset", "src", "tgt", "m"], sort=True))
     fig, axes = _panels(len(groups), width=3.6, height=3.3, ncols=min(len(groups), 4))
     for ax, ((d, s, t, m), g) in zip(axes, groups):
@@ -132,11 +134,45 @@ def fig8_defense_pca(pca: pd.DataFrame):
                    s=18, linewidths=0.8, label="honest")  # fmt: skip
         ax.scatter(mal["pc1"], mal["pc2"], marker="x", color="tab:red", s=24, linewidths=1.0,
                    label="malicious")  # fmt: skip
+        title = f"{DATASET_LABEL.get(d, d)} {s}→{t}, m={100 * m:g}%"
         sep = g["separation"].iloc[0]
-        sep_s = f", AUC {sep:.2f}" if np.isfinite(sep) else ""
-        ax.set(title=f"{DATASET_LABEL.get(d, d)} {s}→{t}, m={100 * m:g}%{sep_s}", xlabel="PC 1",
-               ylabel="PC 2")  # fmt: skip
+        if "participant_flagged" in g:
+            fl = g[g["participant_flagged"]]
+            ax.scatter(fl["pc1"], fl["pc2"], marker="o", s=70, facecolors="none", edgecolors="k",
+                       linewidths=0.7, label="flagged")  # fmt: skip
+            who = g.drop_duplicates("participant")
+            tp = int((who["malicious"] & who["participant_flagged"]).sum())
+            title += f"\nflagged {int(who['participant_flagged'].sum())}: {tp} of {int(who['malicious'].sum())} malicious"
+        elif np.isfinite(sep):
+            title += f", AUC {sep:.2f}"
+        ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
         ax.title.set_fontsize("small")
         ax.legend(fontsize="x-small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def fig_defense_comparison(final: pd.DataFrame, order=None, labels=None):
+    """Final source recall and M_acc (%) vs m for each defense (mean over repeats, error bars
+    = standard deviation), m = 0 being the clean-run cost; the dashed line is the clean run
+    without defense. One row of two panels per (dataset, src, tgt)."""
+    groups = list(final.groupby(["dataset", "src", "tgt"], sort=True))
+    order = [d for d in (order or sorted(final["defense"].unique())) if d in set(final["defense"])]
+    labels = labels or {}
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.8 * len(groups)), squeeze=False)
+    for row, ((d, s, t), g) in zip(axes, groups):
+        g = g.assign(**{"m%": (100 * g["m"]).round(1).map(lambda v: f"{v:g}"),
+                        "defense ": g["defense"].map(lambda x: labels.get(x, x))})  # fmt: skip
+        m_order = sorted(g["m%"].unique(), key=float)
+        for ax, (col, name) in zip(row, (("source_recall", "source class recall"), ("accuracy", "global accuracy M_acc"))):
+            sns.pointplot(g, x="m%", y=col, hue="defense ", order=m_order,
+                          hue_order=[labels.get(x, x) for x in order], errorbar="sd", dodge=0.5,
+                          capsize=0.08, err_kws={"linewidth": 1}, markersize=4, linewidth=1.2, ax=ax)  # fmt: skip
+            clean = g[(g["defense"] == "none") & (g["m"] == 0)][col].mean()
+            if np.isfinite(clean):
+                ax.axhline(clean, color="k", linestyle="--", linewidth=0.8)
+            ax.set(title=f"{pair_title(d, s, t)}: {name}", xlabel="malicious participants m (%)", ylabel="%")
+        row[0].legend(loc="upper center", bbox_to_anchor=(1.1, -0.2), ncol=6, fontsize="x-small", frameon=False)
+        row[1].get_legend().remove()
     fig.tight_layout()
     return fig
