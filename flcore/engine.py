@@ -597,15 +597,21 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
                 flips.append(f)
                 offsets.append(off)
                 mal_rows.append(bool(plan.is_malicious[j, p]))
-        lengths = {len(o) for o in orders}
-        if len(lengths) != 1:
-            return _unequal_shares_error(lengths)
+        # Unequal shares (non-iid partitions): pad every schedule to the longest and mask the
+        # models that have finished their epoch (no gradient, momentum, or BN-statistics step).
+        n_steps = torch.tensor([len(o) // B for o in orders], device=device)
+        ragged = bool((n_steps != n_steps[0]).any())
+        if ragged:
+            n_max = max(len(o) for o in orders)
+            orders, flips, offsets = ([t.repeat((n_max + len(t) - 1) // len(t), *([1] * (t.dim() - 1)))[:n_max]
+                                      for t in ts] for ts in (orders, flips, offsets))  # fmt: skip
         order = torch.stack(orders).to(device)  # [G, n]
         labels = flip_labels(y_train[order], torch.tensor(mal_rows, device=device)[:, None],
                              cfg.src, cfg.tgt)  # fmt: skip
         flips_t = torch.stack(flips).to(device)
         offsets_t = torch.stack(offsets).to(device)
         steps = order.shape[1] // B
+        stat_keys = [kk for kk in fkeys if kk.endswith(("running_mean", "running_var"))] if ragged else []
 
         # --- local training: every model one step at a time --------------------------------
         state = {kk: v.repeat_interleave(k, 0) for kk, v in glob.items()}  # [G, ...]
@@ -622,20 +628,34 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
                 of = offsets_t[:, s * B : (s + 1) * B].transpose(0, 1).reshape(-1, 2)
                 x = augment_crop_flip(x.reshape(B * G, C, H, W), fl, of).reshape(B, G * C, H, W)
             x = x.contiguous(memory_format=cl)
+            if ragged:
+                active = n_steps > s  # [G]
+                saved = {kk: state[kk].clone() for kk in stat_keys}
             with _autocast(device, precision):
                 out = stacked_forward(spec, state, x, G, training=True)  # [G, B, 10]
             y = labels[:, s * B : (s + 1) * B]
             per = F.cross_entropy(out.to(dtype).reshape(G * B, -1), y.reshape(-1), reduction="none")
             per_model = per.view(G, B).mean(1)
+            if ragged:
+                per_model = per_model * active
             grads = torch.autograd.grad(per_model.sum(), params)
             with torch.no_grad():
                 loss_sum += per_model.detach()
-                torch._foreach_mul_(bufs, mom)
-                torch._foreach_add_(bufs, grads)
-                torch._foreach_add_(params, bufs, alpha=-lr)
+                if not ragged:
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, grads)
+                    torch._foreach_add_(params, bufs, alpha=-lr)
+                    continue
+                for p, b, g in zip(params, bufs, grads):
+                    a = active.view(-1, *([1] * (p.dim() - 1)))
+                    b.copy_(torch.where(a, b * mom + g, b))
+                    p.sub_(torch.where(a, b, torch.zeros_like(b)), alpha=lr)
+                for kk in stat_keys:
+                    a = active.view(-1, *([1] * (saved[kk].dim() - 1)))
+                    state[kk].copy_(torch.where(a, state[kk], saved[kk]))
         for p in params:
             p.requires_grad_(False)
-        losses[:, r - 1] = (loss_sum / steps).view(R, k).mean(1).cpu().numpy()
+        losses[:, r - 1] = (loss_sum / n_steps.clamp(min=1)).view(R, k).mean(1).cpu().numpy()
 
         # --- aggregation --------------------------------------------------------------------
         with torch.no_grad():
@@ -664,13 +684,6 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
             progress.update(1)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
                 diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame())  # fmt: skip
-
-
-def _unequal_shares_error(lengths):
-    raise NotImplementedError(
-        f"the fast engine needs equal local step counts, got {sorted(lengths)} samples per "
-        "participant (non-iid shares); use engine='reference' for partition='dirichlet'"
-    )
 
 
 # ------------------------------------------------------------------------------------------

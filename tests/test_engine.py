@@ -135,3 +135,18 @@ def test_auto_precision_rule():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
             run(tiny(device="cuda"), store=None, progress=False)
+
+
+def test_non_iid_shares_fast_equals_reference(fmnist):
+    """Dirichlet shares differ in size: the fast engine masks models that finished their epoch."""
+    cfg = tiny(precision="fp64", partition="dirichlet", beta=0.5, rounds=2, n_train=600)
+    fast = run(cfg, store=None, data=fmnist, progress=False)
+    ref = run(cfg.replace(engine="reference"), store=None, data=fmnist, progress=False)
+    from flcore.engine import load_data, make_plan
+
+    plan = make_plan(cfg, load_data(cfg, fmnist))
+    sizes = {len(plan.shares[0][p]) for p in range(cfg.num_participants)}
+    assert len(sizes) > 1  # the shares really are unequal
+    np.testing.assert_allclose(fast.updates, ref.updates, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(fast.confusion, ref.confusion)
+    np.testing.assert_allclose(fast.rounds["train_loss"], ref.rounds["train_loss"], rtol=1e-9)

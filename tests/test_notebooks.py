@@ -10,6 +10,7 @@ import yaml
 
 pytest.importorskip("papermill")
 
+from flcore import experiments as ex
 from flcore.reproduce import REPO_ROOT, ParameterError, execute, load_parameters, notebooks
 
 pytestmark = pytest.mark.slow
@@ -25,10 +26,15 @@ TINY = {
     "04_availability": {"repeats": 2, "break_round": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.1, 0.3],
                             "alphas": [0.6, 0.9], "fig6_m": 0.3},
     "05_defense": {"repeats": 1, "pairs": [["fmnist", 4, 6]], "m_values": [0.1, 0.2], "rounds_from": 1},
+    "06_defense_comparison": {"repeats": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.2, 0.4],
+                              "defenses": ["none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold"],
+                              "pca_params": {"start_round": 2, "min_rows": 10}},
 }  # fmt: skip
 FIGURES = ["fig1_feasibility", "fig2_acc_vs_recall", "fig3_early_poisoning", "fig4_late_poisoning",
-           "fig5_availability", "fig6_alpha_rounds", "fig7_recall_change", "fig8_defense_pca"]  # fmt: skip
-TABLES = ["table2_source_recall_loss", "table3_targeting", "table4_final_source_recall"]
+           "fig5_availability", "fig6_alpha_rounds", "fig7_recall_change", "fig8_defense_pca",
+           "fig_defense_comparison"]  # fmt: skip
+TABLES = ["table2_source_recall_loss", "table3_targeting", "table4_final_source_recall",
+          "table_defense_detection", "table_defense_comparison"]
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +102,39 @@ def test_table4_sane(workbook):
     assert t.loc[~ok, "mean"].isna().all()
 
 
+def test_defense_detection_table_sane(workbook):
+    t = _table(workbook, "table_defense_detection")
+    assert {"dataset", "src", "tgt", "m", "level", "precision", "recall", "f1", "fpr", "roc_auc",
+            "runs"} <= set(t.columns)  # fmt: skip
+    assert set(t["level"]) == {"update", "participant"} and sorted(t["m"].unique()) == [0.1, 0.2]
+    for c in ("precision", "recall", "f1"):
+        assert t[c].between(0, 1).all()
+    assert t["roc_auc"].dropna().between(0, 1).all()
+
+
+def test_defense_comparison_table_sane(workbook):
+    t = _table(workbook, "table_defense_comparison")
+    defenses = TINY["06_defense_comparison"]["defenses"]
+    assert set(t["defense"]) == set(defenses)
+    # every defense at every m, the clean run (m = 0) included, with mean, std and run counts
+    assert t.groupby("defense")["m"].apply(lambda m: sorted(m)).map(tuple).eq((0.0, 0.2, 0.4)).all()
+    assert (t["runs"] == 2).all() and t["source_recall_std"].notna().all()
+    assert t["source_recall_mean"].between(0, 100).all() and t["accuracy_mean"].between(0, 100).all()
+    clean = t[(t["defense"] == "none") & (t["m"] == 0)]
+    assert clean["source_recall_vs_clean"].abs().max() < 1e-9
+    assert t.loc[t["defense"] != "pca", "blocked"].isna().all()
+
+
 def test_baseline_trained_once(workbook):
     """01, 02 and 03 share one clean baseline (one store entry with m = 0)."""
     from flcore.store import Store
 
     finals = Store(workbook[0] / "results").table("final")
-    assert finals.loc[finals["m"] == 0, "key"].nunique() == 1
+    # 06 runs its own m = 0 runs per defense (on the attacked pair); the shared one has no defense
+    plain = (finals["m"] == 0) & finals["defense"].isna() & (finals["aggregator"] == "fedavg")
+    shared = plain & (finals["src"] == ex.BASELINE_PAIR[0]) & (finals["tgt"] == ex.BASELINE_PAIR[1])
+    assert finals.loc[shared, "key"].nunique() == 1
+    assert finals.loc[plain & ~shared, "key"].nunique() <= 1  # 06's clean run without defense
 
 
 def test_unknown_parameter_names_it(tmp_path):
