@@ -37,14 +37,16 @@ def malicious_set(cfg: Config, repeat: int) -> np.ndarray:
     return np.sort(rng.choice(cfg.num_participants, size=cfg.num_malicious, replace=False))
 
 
-def flip_labels(labels: torch.Tensor, malicious: torch.Tensor, src: int, tgt: int) -> torch.Tensor:
+def flip_labels(labels: torch.Tensor, malicious: torch.Tensor, src, tgt) -> torch.Tensor:
     """Label flipping src -> tgt on malicious participants' copies.
 
     labels:    int64 [..., n] (a participant's or a stack of participants' labels);
-    malicious: bool broadcastable to labels (e.g. [G, 1] for a stack of G participants).
+    malicious: bool broadcastable to labels (e.g. [G, 1] for a stack of G participants);
+    src, tgt:  class indices, or int64 tensors broadcastable to labels (one pair per model).
     Returns a new tensor; the input (the shared dataset's labels) is never modified.
     """
-    return torch.where(malicious & (labels == src), torch.full_like(labels, tgt), labels)
+    tgt = torch.as_tensor(tgt, dtype=labels.dtype, device=labels.device)
+    return torch.where(malicious & (labels == src), tgt, labels)
 
 
 class Selection:

@@ -562,10 +562,14 @@ def _eval_chunk(G: int, first_channels: int, hw: int) -> int:
     return int(max(8, min(1000, 4 * 2**20 // (G * first_channels * hw))))
 
 
-def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) -> dict:
+def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, feds=None) -> dict:
+    """Train every federation of `feds` at once: a list of (config, plan, repeat), by default
+    the repeats of `cfg`. `run_many` passes federations of several compatible configs (which
+    differ only in the attack and selection: m, src, tgt, strategy, alpha, break round, seed)."""
+    feds = feds or [(cfg, plan, j) for j in range(cfg.repeats)]
     data = plan.data
     spec = ARCHITECTURES[cfg.dataset]
-    R, T, k, B = cfg.repeats, cfg.rounds, cfg.k, cfg.batch_size
+    R, T, k, B = len(feds), cfg.rounds, cfg.k, cfg.batch_size
     G = R * k
     C, H, W = data.x_train.shape[1:]
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -582,7 +586,9 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
     w_name = last_linear_weight_name(cfg.dataset)
     fkeys = float_keys(plan.init[0])
     param_keys = [kk for kk in fkeys if not kk.endswith(("running_mean", "running_var"))]
-    glob = _to_dtype(stack_states(plan.init), dtype, device)  # [R, ...]
+    glob = _to_dtype(stack_states([pl.init[j] for _, pl, j in feds]), dtype, device)  # [R, ...]
+    src_t = torch.tensor([c.src for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
+    tgt_t = torch.tensor([c.tgt for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
     cl = torch.channels_last
     chunk = _eval_chunk(R, spec[0].args[1], H * W)
     aggregate = Aggregation(cfg, plan, fkeys)
@@ -590,13 +596,13 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
     for r in range(1, T + 1):
         # --- this round's data for each of the G = R*k models -----------------------------
         orders, flips, offsets, mal_rows = [], [], [], []
-        for j in range(R):
-            for p in plan.selected[j, r - 1]:
-                o, f, off = local_schedule(cfg, plan.shares[j][p], j, r, int(p))
+        for c, pl, j in feds:
+            for p in pl.selected[j, r - 1]:
+                o, f, off = local_schedule(c, pl.shares[j][p], j, r, int(p))
                 orders.append(o)
                 flips.append(f)
                 offsets.append(off)
-                mal_rows.append(bool(plan.is_malicious[j, p]))
+                mal_rows.append(bool(pl.is_malicious[j, p]))
         # Unequal shares (non-iid partitions): pad every schedule to the longest and mask the
         # models that have finished their epoch (no gradient, momentum, or BN-statistics step).
         n_steps = torch.tensor([len(o) // B for o in orders], device=device)
@@ -606,8 +612,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress) ->
             orders, flips, offsets = ([t.repeat((n_max + len(t) - 1) // len(t), *([1] * (t.dim() - 1)))[:n_max]
                                       for t in ts] for ts in (orders, flips, offsets))  # fmt: skip
         order = torch.stack(orders).to(device)  # [G, n]
-        labels = flip_labels(y_train[order], torch.tensor(mal_rows, device=device)[:, None],
-                             cfg.src, cfg.tgt)  # fmt: skip
+        labels = flip_labels(y_train[order], torch.tensor(mal_rows, device=device)[:, None], src_t, tgt_t)
         flips_t = torch.stack(flips).to(device)
         offsets_t = torch.stack(offsets).to(device)
         steps = order.shape[1] // B
@@ -749,13 +754,17 @@ def run(
 
         bar = tqdm(total=cfg.rounds * (cfg.repeats if cfg.engine == "reference" else 1),
                    desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}", unit="round", leave=False)  # fmt: skip
-    threads = torch.get_num_threads()
     try:
         impl = _run_fast if cfg.engine == "fast" else _run_reference
         raw = impl(cfg, plan, device, cfg.precision, bar)
     finally:
         if bar is not None:
             bar.close()
+    return _finish(cfg, plan, raw, time.perf_counter() - t0, st)
+
+
+def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta) -> Result:
+    """Frames, metadata and the store entry of one configuration's raw arrays."""
     rounds, recall = _frames(cfg, plan, raw["confusion"], raw["eval_rounds"], raw["losses"],
                              raw["diverged_at"])  # fmt: skip
     diverged = raw["diverged_at"] <= cfg.rounds
@@ -763,17 +772,110 @@ def run(
         "version": __version__,
         "status": "diverged" if diverged.any() else "ok",
         "diverged_repeats": [int(j) for j in np.flatnonzero(diverged)],
-        "wall_s": time.perf_counter() - t0,
-        "device": device,
+        "wall_s": wall_s,
+        "device": cfg.device,
         "precision": cfg.precision,
         "cpu": cpu_name(),
-        "threads": threads,
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "data_source": data.source,
+        "data_source": plan.data.source,
+        **extra_meta,
     }
     result = Result(cfg, rounds, recall, raw["confusion"], raw["eval_rounds"], plan.selected,
                     plan.malicious, raw["updates"], raw["excluded"], meta)  # fmt: skip
     if st is not None:
         frames, arrays, meta = result.to_store()
-        st.put(key, cfg.key_dict(), frames, arrays, meta)
+        st.put(store_key(cfg), cfg.key_dict(), frames, arrays, meta)
     return result
+
+
+# Fields in which configs batched together by `run_many` may differ: the attack and selection.
+BATCHABLE_FIELDS = ("m", "src", "tgt", "strategy", "alpha", "break_round", "repeats", "seed")
+MAX_BATCHED_FEDERATIONS = {"fmnist": 30, "cifar10": 12}  # bounds memory: G = this x k models
+
+
+def _batch_group(cfg: Config):
+    """Configs with equal group keys can train in one stack (None: this one trains alone)."""
+    if cfg.engine != "fast" or cfg.aggregator != "fedavg" or cfg.defense is not None \
+            or cfg.aggregator_params or cfg.record_updates != "none":  # fmt: skip
+        return None
+    d = cfg.to_dict()
+    subset = cfg.n_train is not None or cfg.n_test is not None  # the subset depends on the seed
+    for name in BATCHABLE_FIELDS:
+        if not (name == "seed" and subset):
+            d.pop(name)
+    return repr(sorted(d.items()))
+
+
+def run_many(configs, *, store="results", data: Dataset | None = None, data_root=None,
+             progress: bool = True) -> list[Result]:  # fmt: skip
+    """Run several configurations, training compatible ones together; results in input order.
+
+    Configs that differ only in the attack and selection (`BATCHABLE_FIELDS`) share one
+    stacked model, so a grid of small configs (e.g. 3 repeats each) trains at the efficiency
+    of one large batch. Each config's numbers are its own (every random stream is keyed by
+    its seed and repeat) and it is stored under its own key; stored configs are loaded.
+    In fp64 a config's numbers are identical batched or alone; in fp32/bf16 they can differ
+    by float rounding, as between any two batchings.
+    """
+    cfgs = [resolved(Config.from_dict(c) if isinstance(c, dict) else c) for c in configs]
+    st = None
+    if store is not None:
+        from flcore.store import Store
+
+        st = Store(store)
+    out: list[Result | None] = [None] * len(cfgs)
+    groups: dict = {}
+    for i, cfg in enumerate(cfgs):
+        hit = st.get(store_key(cfg)) if st is not None else None
+        if hit is not None:
+            out[i] = Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
+            continue
+        key = _batch_group(cfg)
+        if key is None:
+            out[i] = run(cfg, store=store, data=data, data_root=data_root, progress=progress)
+            continue
+        groups.setdefault(key, {}).setdefault(store_key(cfg), []).append(i)  # duplicates train once
+    for members in groups.values():
+        idx = [ii[0] for ii in members.values()]
+        cap = MAX_BATCHED_FEDERATIONS[cfgs[idx[0]].dataset]
+        batch: list[int] = []
+        for i in idx + [None]:
+            if i is not None and (not batch or sum(cfgs[b].repeats for b in batch) + cfgs[i].repeats <= cap):
+                batch.append(i)
+                continue
+            results = _run_batch([cfgs[b] for b in batch], st, data, data_root, progress)
+            for b, res in zip(batch, results):
+                for dup in members[store_key(cfgs[b])]:
+                    out[dup] = res
+            batch = [i] if i is not None else []
+    return out
+
+
+def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result]:
+    t0 = time.perf_counter()
+    data = load_data(cfgs[0], data, data_root)
+    plans = [make_plan(c, data) for c in cfgs]
+    feds = [(c, pl, j) for c, pl in zip(cfgs, plans) for j in range(c.repeats)]
+    lead = cfgs[0].replace(repeats=len(feds))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=lead.rounds, desc=f"{lead.dataset}: {len(cfgs)} configs, {len(feds)} federations",
+                   unit="round", leave=False)  # fmt: skip
+    try:
+        raw = _run_fast(lead, plans[0], lead.device, lead.precision, bar, feds=feds)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = (time.perf_counter() - t0) / len(cfgs)
+    results, start = [], 0
+    for c, pl in zip(cfgs, plans):
+        sl = slice(start, start + c.repeats)
+        start += c.repeats
+        part = {"confusion": raw["confusion"][sl], "eval_rounds": raw["eval_rounds"],
+                "losses": raw["losses"][sl], "diverged_at": raw["diverged_at"][sl],
+                "updates": None, "excluded": None}  # fmt: skip
+        results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs)))
+    return results

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from flcore.config import NUM_CLASSES, Config
-from flcore.engine import Result, run
+from flcore.engine import Result, run_many
 from flcore.metrics import class_recall
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -133,12 +133,12 @@ def baseline_config(cfg: Config) -> Config:
 
 
 def run_grid(configs: Iterable[Config], store="results", progress: bool = True) -> list[Result]:
-    """Run (or load from the result store) each configuration, in order."""
+    """Run (or load from the result store) each configuration; results in input order.
+
+    Compatible configurations (differing only in the attack and selection) train together
+    as one stacked model (`flcore.engine.run_many`)."""
     store = None if store is None else repo_path(store)
-    out = []
-    for cfg in configs:
-        out.append(run(cfg, store=store, progress=progress))
-    return out
+    return run_many(list(configs), store=store, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------

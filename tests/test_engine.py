@@ -150,3 +150,23 @@ def test_non_iid_shares_fast_equals_reference(fmnist):
     np.testing.assert_allclose(fast.updates, ref.updates, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(fast.confusion, ref.confusion)
     np.testing.assert_allclose(fast.rounds["train_loss"], ref.rounds["train_loss"], rtol=1e-9)
+
+
+def test_run_many_batches_configs_and_each_equals_its_own_run(fmnist, tmp_path):
+    """Configs differing in the attack train as one stack; in fp64 each equals its solo run."""
+    from flcore.engine import run_many
+
+    base = tiny(precision="fp64", rounds=2, record_updates="none")
+    cfgs = [base, base.replace(m=0.4, src=1, tgt=3), base.replace(strategy="late", break_round=2, repeats=1),
+            base]  # fmt: skip  (a duplicate trains once)
+    many = run_many(cfgs, store=tmp_path, data=fmnist, progress=False)
+    assert many[0].meta["batched_with"] == 3 and many[3] is many[0]
+    for cfg, res in zip(cfgs, many):
+        solo = run(cfg, store=None, data=fmnist, progress=False)
+        np.testing.assert_array_equal(res.confusion, solo.confusion)
+        np.testing.assert_array_equal(res.selected, solo.selected)
+        np.testing.assert_allclose(res.rounds["train_loss"], solo.rounds["train_loss"], rtol=1e-9)
+    # stored under each config's own key: a second call loads everything
+    again = run_many(cfgs, store=tmp_path, data=fmnist, progress=False)
+    assert all("batched_with" in r.meta for r in again)
+    np.testing.assert_array_equal(again[1].confusion, many[1].confusion)
