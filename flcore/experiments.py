@@ -234,15 +234,13 @@ def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int,
     m = 0 rows come from the shared baseline (`baseline_config`), whatever the pair.
     Poisoned runs evaluate only the last round. Returns a final frame (see module doc).
     """
-    frames = []
+    jobs = []  # (config, src, tgt): every run of the study, trained together by run_grid
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, **base)
-        bcfg = baseline_config(cfg.replace(repeats=baseline_repeats or repeats))
-        (b,) = run_grid([bcfg], store, progress)
-        frames.append(final_frame(b, s, t))
-        poisoned = [cfg.replace(m=float(m), eval_every=rounds) for m in m_values if m > 0]
-        frames += [final_frame(r) for r in run_grid(poisoned, store, progress)]
-    return pd.concat(frames, ignore_index=True)
+        jobs.append((baseline_config(cfg.replace(repeats=baseline_repeats or repeats)), s, t))
+        jobs += [(cfg.replace(m=float(m), eval_every=rounds), None, None) for m in m_values if m > 0]
+    results = run_grid([c for c, _, _ in jobs], store, progress)
+    return pd.concat([final_frame(r, s, t) for r, (_, s, t) in zip(results, jobs)], ignore_index=True)
 
 
 def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeats: int,
@@ -258,22 +256,23 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
     """
     pairs = pair_list(pairs)
     figure_pairs = pairs if figure_pairs is None else pair_list(figure_pairs)
-    rounds_frames, finals = [], []
+    jobs = []  # (config, kind, src, tgt), trained together by run_grid
     for d, s, t in pairs:
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, m=float(m),
                           break_round=break_round, **base)  # fmt: skip
         on_fig = (d, s, t) in figure_pairs
         if on_fig:
-            (b,) = run_grid([baseline_config(cfg.replace(repeats=baseline_repeats or repeats))],
-                            store, progress)  # fmt: skip
-            rounds_frames.append(round_frame(b, s, t).assign(setting="none"))
+            jobs.append((baseline_config(cfg.replace(repeats=baseline_repeats or repeats)), "none", s, t))
         for strat in strategies if on_fig else ("late",):
-            c = cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds)
-            (r,) = run_grid([c], store, progress)
-            if on_fig:
-                rounds_frames.append(round_frame(r).assign(setting=strat))
-            if strat == "late":
-                finals.append(final_frame(r))
+            jobs.append((cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds),
+                         strat if on_fig else "final", None, None))  # fmt: skip
+    results = run_grid([j[0] for j in jobs], store, progress)
+    rounds_frames, finals = [], []
+    for r, (c, kind, s, t) in zip(results, jobs):
+        if kind != "final":
+            rounds_frames.append(round_frame(r, s, t).assign(setting=kind))
+        if c.strategy == "late" and kind != "none":
+            finals.append(final_frame(r))
     rf = pd.concat(rounds_frames, ignore_index=True) if rounds_frames else pd.DataFrame()
     return rf, pd.concat(finals, ignore_index=True)
 
@@ -281,14 +280,13 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
 def availability(pairs, m_values, alphas, *, rounds: int, repeats: int, break_round: int,
                  store="results", progress=True, **base) -> pd.DataFrame:  # fmt: skip
     """Late poisoning with availability α for every pair × m × α (Figs 5, 6, 7): a round frame."""
-    frames = []
+    grid = []
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t,
                           break_round=break_round, **base)  # fmt: skip
-        grid = [cfg.replace(m=float(m), strategy="availability", alpha=float(a))
-                for m in m_values for a in alphas]  # fmt: skip
-        frames += [round_frame(r) for r in run_grid(grid, store, progress)]
-    return pd.concat(frames, ignore_index=True)
+        grid += [cfg.replace(m=float(m), strategy="availability", alpha=float(a))
+                 for m in m_values for a in alphas]  # fmt: skip
+    return pd.concat([round_frame(r) for r in run_grid(grid, store, progress)], ignore_index=True)
 
 
 def defense_updates(pairs, m_values, *, rounds: int, repeats: int = 1, store="results",
