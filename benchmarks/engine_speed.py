@@ -124,6 +124,11 @@ def main() -> None:
     cpu = cpu_name().replace(" ", "")
     cap = torch.backends.cpu.get_cpu_capability()
     print(f"# CPU: {cpu_name()}  capability: {cap}  torch {torch.__version__}  threads {torch.get_num_threads()}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        # Another process on these cores makes OpenMP threads wait on each other: timings
+        # can be several times slower and the ratios meaningless.
+        print(f"# WARNING: load average {load:.2f} before the benchmark: the machine is not idle")
     for ds in a.datasets.split(","):
         base = dict(dataset=ds, rounds=a.rounds)
         seq = measure(dict(base, kind="run", engine="reference", precision="fp32", repeats=1, rounds=1))
