@@ -122,9 +122,12 @@ def fig7_recall_change(change: pd.DataFrame):
 
 def fig8_defense_pca(pca: pd.DataFrame):
     """Fig 8: the two principal components of the source-class updates, malicious × and
-    honest ○, one panel per (dataset, m). With the detector's decision in the frame
+    honest ○, one panel per (dataset, m), drawn for the first repeat of each (every repeat
+    has its own projection). With the detector's decision in the frame
     (`experiments.pca_frame`: participant_flagged), updates of flagged participants are
-    ringed in black and the title gives the per-participant precision and recall."""
+    ringed in black and the title counts the flagged participants and the malicious among them."""
+    if "repeat" in pca:
+        pca = pca[pca["repeat"] == pca.groupby(["dataset", "src", "tgt", "m"])["repeat"].transform("min")]
     groups = list(pca.groupby(["dataset", "src", "tgt", "m"], sort=True))
     fig, axes = _panels(len(groups), width=3.6, height=3.3, ncols=min(len(groups), 4))
     for ax, ((d, s, t, m), g) in zip(axes, groups):
@@ -172,7 +175,11 @@ def fig_defense_comparison(final: pd.DataFrame, order=None, labels=None):
             if np.isfinite(clean):
                 ax.axhline(clean, color="k", linestyle="--", linewidth=0.8)
             ax.set(title=f"{pair_title(d, s, t)}: {name}", xlabel="malicious participants m (%)", ylabel="%")
-        row[0].legend(loc="upper center", bbox_to_anchor=(1.1, -0.2), ncol=6, fontsize="x-small", frameon=False)
-        row[1].get_legend().remove()
-    fig.tight_layout()
+            if col == "source_recall":
+                ax.set_ylim(0, 100)
+        handles, names = row[0].get_legend_handles_labels()
+        for ax in row:
+            ax.get_legend().remove()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08 / len(groups), 1, 1))
     return fig

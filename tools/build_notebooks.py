@@ -213,9 +213,9 @@ NB["06_defense_comparison"] = [
     params('''rounds = 3  # R: global rounds (the paper: 200)
 repeats = 2
 pairs = [["fmnist", 4, 6]]
-m_values = [0.1, 0.2, 0.3, 0.4]  # m = 0 (the clean-run cost) is always run as well
+m_values = [0.1, 0.2, 0.3, 0.4]  # the clean run (m 0, the defense cost) is always added
 defenses = ["none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold"]
-aggregator_params = {"trimmed_mean": {"beta": 0.2}, "multi_krum": {"f": 1}}  # k = 5: beta >= 0.2 trims; Krum needs k > 2f + 2
+aggregator_params = {"trimmed_mean": {"beta": 0.2}, "multi_krum": {"f": 1}}  # with k 5, beta 0.2 trims one per end, Krum needs k > 2f + 2
 pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.engine.DEFENSE_DEFAULTS; the paper's rounds: from 10)
 '''),
     ("code", SETUP),
