@@ -404,15 +404,18 @@ def defense_comparison(pairs, m_values, defenses=tuple(DEFENSES), *, rounds: int
     if unknown:
         defense_config(Config(), unknown[0])  # raises, naming the valid ones
     ms = sorted({0.0, *(float(m) for m in m_values)})
-    frames = []
+    names, grid = [], []
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, eval_every=rounds, **base)
         for name in defenses:
             dcfg = defense_config(cfg, name, aggregator_params, pca_params)
-            for res in run_grid([dcfg.replace(m=m) for m in ms], store, progress):
-                f = final_frame(res).merge(blocking_frame(res), on="repeat", how="left")
-                f.insert(list(f.columns).index("repeat"), "defense", name)
-                frames.append(f)
+            names += [name] * len(ms)
+            grid += [dcfg.replace(m=m) for m in ms]
+    frames = []
+    for name, res in zip(names, run_grid(grid, store, progress)):  # undefended runs train together
+        f = final_frame(res).merge(blocking_frame(res), on="repeat", how="left")
+        f.insert(list(f.columns).index("repeat"), "defense", name)
+        frames.append(f)
     return pd.concat(frames, ignore_index=True)
 
 
