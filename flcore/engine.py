@@ -348,6 +348,8 @@ def _frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndar
 # Online PCA defense (flcore.defense, paper Algorithm 1 made to decide), `defense_params`:
 DEFENSE_DEFAULTS = dict(
     start_round=10,  # act from this round on (the paper's picture uses rounds >= 10)
+    rounds_from=3,  # collect updates from this round on: rounds 1-2 move ~10x more and
+    # would make the clusters "early vs late" instead of "malicious vs honest"
     mode="block",  # "block": flagged participants are excluded for the rest of the run;
     # "round": only from this round's aggregate
     min_rows=20,  # updates collected before the first decision
@@ -450,6 +452,8 @@ class Aggregation:
     def _defend(self, rnd: int, j: int, delta: torch.Tensor) -> np.ndarray:
         """Score this round's updates of repeat j; returns the keep mask [k]."""
         ids = self.plan.selected[j, rnd - 1]
+        if rnd < self.dp["rounds_from"]:
+            return np.ones(len(ids), dtype=bool)
         rows = delta[:, self.cfg.src, :].double().cpu().numpy()
         if not np.isfinite(rows).all():
             return np.ones(len(ids), dtype=bool)

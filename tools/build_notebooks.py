@@ -12,7 +12,7 @@ results = "results"  # result store shared by all notebooks (identical configs t
 device = "auto"  # auto | cpu | cuda
 precision = "auto"  # auto | fp32 | bf16 | fp64
 seed = 0
-n_train = {"fmnist": 1000, "cifar10": 1000}  # class-balanced subsets (None = the full set)
+n_train = {"fmnist": 1000, "cifar10": 1000}  # class-balanced subsets (None: the full set)
 n_test = {"fmnist": 500, "cifar10": 500}
 '''
 
