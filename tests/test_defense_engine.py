@@ -59,7 +59,7 @@ def test_each_aggregator_is_selectable_and_the_engines_agree(rule, fmnist, plain
 
 def test_online_defense_engines_agree_and_record_exclusions(fmnist, plain):
     # the silhouette gate off, so that it acts on this tiny run (its flags are noise here)
-    cfg = tiny(rounds=3, m=0.3, defense="pca", defense_params={"start_round": 2, "min_rows": 10, "min_silhouette": 0.0})
+    cfg = tiny(rounds=3, m=0.3, defense="pca", defense_params={"start_round": 2, "rounds_from": 1, "min_rows": 10, "min_silhouette": 0.0})
     fast = _run(cfg, fmnist)
     ref = _run(cfg.replace(engine="reference"), fmnist)
     np.testing.assert_array_equal(fast.confusion, ref.confusion)
