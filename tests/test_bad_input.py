@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from test_data import EvilSystem, cifar_batch, corrupt_case, make_cifar_py, make_fmnist
 from test_sweep import TINY, env, needs_fmnist
 
@@ -29,15 +28,8 @@ from flcore.engine import run
 from flcore.store import Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:.*official.*:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*official.*:UserWarning"), pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def main(argv, capsys) -> tuple[int, str]:

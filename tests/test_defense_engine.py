@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 
 from flcore import Config, run
-from flcore.data import DatasetNotFoundError, load_dataset
 from flcore.defense import evaluate_detection
 from flcore.experiments import DEFENSES, blocking_frame, defense_config
 
 RULES = {"median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"f": 1}, "multi_krum": {"f": 1},
          "foolsgold": {}}  # fmt: skip
 
-
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        return load_dataset("fmnist", download=False, progress=False)
-    except DatasetNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {e}")
 
 
 def tiny(**kw):

@@ -12,14 +12,6 @@ from flcore.engine import cpu_flags, resolve_precision
 
 
 @pytest.fixture(scope="module")
-def fmnist():
-    try:
-        return load_dataset("fmnist", download=False, progress=False)
-    except DatasetNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {e}")
-
-
-@pytest.fixture(scope="module")
 def cifar_small():
     try:
         return load_dataset("cifar10", download=False, progress=False).subset(200, 100, seed=0)

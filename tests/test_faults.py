@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from test_sweep import TINY, assert_same_entry, entry_ids, env, needs_fmnist
 
 import flcore.sweep as S
@@ -20,15 +19,8 @@ from flcore.engine import run
 from flcore.store import Store, StoreWarning
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_grid(path: Path, **swept) -> Path:
