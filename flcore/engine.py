@@ -47,7 +47,14 @@ from flcore.attacks import (
     torch_seed_for,
 )
 from flcore.config import NUM_CLASSES, Config
-from flcore.data import Dataset, augment_crop_flip, load_dataset, partition_dirichlet, partition_iid
+from flcore.data import (
+    Dataset,
+    augment_crop_flip,
+    load_dataset,
+    normalize,
+    partition_dirichlet,
+    partition_iid,
+)
 from flcore.models import (
     ARCHITECTURES,
     build_model,
@@ -281,18 +288,6 @@ def local_schedule(cfg: Config, share: torch.Tensor, repeat: int, rnd: int, part
     return order, flips, offsets
 
 
-def _evaluation_arrays(cfg: Config, data: Dataset, device: str):
-    x = data.x_test.to(device)
-    y = data.y_test.to(device)
-    return x, y
-
-
-def _prepare_images(x_u8: torch.Tensor, data: Dataset, dtype=torch.float32) -> torch.Tensor:
-    mean = torch.tensor(data.mean, dtype=dtype, device=x_u8.device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, dtype=dtype, device=x_u8.device).view(1, -1, 1, 1)
-    return (x_u8.to(dtype) / 255.0 - mean) / std
-
-
 def _confusion(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """[..., n] true and predicted labels -> int64 [..., C, C]."""
     lead = pred.shape[:-1]
@@ -478,7 +473,7 @@ class Aggregation:
 def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progress) -> dict:
     data = plan.data
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_test, y_test = _evaluation_arrays(cfg, data, device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     eval_rounds = np.asarray(cfg.eval_rounds())
     R, T, k = cfg.repeats, cfg.rounds, cfg.k
     confusion = np.zeros((R, len(eval_rounds), NUM_CLASSES, NUM_CLASSES), np.int64)
@@ -504,7 +499,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 total = 0.0
                 for b in range(0, len(order), cfg.batch_size):
                     sl = slice(b, b + cfg.batch_size)
-                    x = _prepare_images(x_train[order[sl]], data, dtype)
+                    x = normalize(x_train[order[sl]], data.mean, data.std, dtype)
                     if AUGMENT[cfg.dataset]:
                         x = augment_crop_flip(x, flips[sl], offsets[sl])
                     with _autocast(device, precision):
@@ -530,7 +525,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 preds = []
                 with torch.no_grad(), _autocast(device, precision):
                     for b in range(0, len(y_test), 1000):
-                        preds.append(model(_prepare_images(x_test[b : b + 1000], data, dtype)).argmax(1))
+                        preds.append(model(normalize(x_test[b : b + 1000], data.mean, data.std, dtype)).argmax(1))
                 confusion[j, e] = _confusion(y_test, torch.cat(preds)).cpu().numpy()
                 e += 1
             if progress is not None:
@@ -577,7 +572,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     G = R * k
     C, H, W = data.x_train.shape[1:]
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_test, y_test = _evaluation_arrays(cfg, data, device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     dtype = _dtype(precision)
     mean = torch.tensor(data.mean, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
     std = torch.tensor(data.std, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)

@@ -659,20 +659,21 @@ def compare_table2(t2: pd.DataFrame) -> pd.DataFrame:
                 "difference", "paper_m_cnt", "this_m_cnt"]]  # fmt: skip
 
 
-def compare_table3(t3: pd.DataFrame) -> pd.DataFrame:
-    p = PAPER_TABLE3.melt(id_vars=["dataset", "src", "tgt"], var_name="setting", value_name="paper")
-    t = t3.rename(columns={"mean": "this_run", "std": "this_std"})
+def _compare_settings(table: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """A tidy (dataset, src, tgt, setting) table beside the paper's wide one."""
+    p = paper.melt(id_vars=["dataset", "src", "tgt"], var_name="setting", value_name="paper")
+    t = table.rename(columns={"mean": "this_run", "std": "this_std"})
     out = t.merge(p, on=["dataset", "src", "tgt", "setting"], how="left")
     out["difference"] = out["this_run"] - out["paper"]
     return out[["dataset", "src", "tgt", "setting", "paper", "this_run", "this_std", "runs", "difference"]]
+
+
+def compare_table3(t3: pd.DataFrame) -> pd.DataFrame:
+    return _compare_settings(t3, PAPER_TABLE3)
 
 
 def compare_table4(t4: pd.DataFrame) -> pd.DataFrame:
-    p = PAPER_TABLE4.melt(id_vars=["dataset", "src", "tgt"], var_name="setting", value_name="paper")
-    t = t4.rename(columns={"mean": "this_run", "std": "this_std"})
-    out = t.merge(p, on=["dataset", "src", "tgt", "setting"], how="left")
-    out["difference"] = out["this_run"] - out["paper"]
-    return out[["dataset", "src", "tgt", "setting", "paper", "this_run", "this_std", "runs", "difference"]]
+    return _compare_settings(t4, PAPER_TABLE4)
 
 
 def agreement_table2(t2: pd.DataFrame) -> str:
