@@ -22,6 +22,7 @@ Nothing here ever executes code from a data file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -37,6 +38,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -1036,32 +1038,46 @@ def _load_image_folder(found: _Found, progress: bool):
     return tuple(arrays), fmt
 
 
+@contextlib.contextmanager
+def _atomic_write(dest: Path, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """Open a temporary file next to ``dest`` (same directory, so the rename is atomic) for
+    binary writing, creating the directory if needed.
+
+    On a clean exit of the block the file is flushed, fsync'ed, given the permissions a plain
+    ``open()`` would give (umask, not mkstemp's 0600) and renamed onto ``dest`` with
+    ``os.replace``. On any exception, KeyboardInterrupt included, the temporary file is removed
+    and the exception propagates unchanged, so ``dest`` is either untouched or complete.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _write_npz_atomic(path: Path, *, key: str, fmt: str, arrays: list[np.ndarray]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    version=np.array(_NPZ_VERSION),
-                    key=np.array(key),
-                    fmt=np.array(fmt),
-                    x_train=arrays[0],
-                    y_train=arrays[1],
-                    x_test=arrays[2],
-                    y_test=arrays[3],
-                )
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with _atomic_write(path) as f:
+            np.savez(
+                f,
+                version=np.array(_NPZ_VERSION),
+                key=np.array(key),
+                fmt=np.array(fmt),
+                x_train=arrays[0],
+                y_train=arrays[1],
+                x_test=arrays[2],
+                y_test=arrays[3],
+            )
     except OSError as e:
         warnings.warn(f"could not write the decode cache {path} ({e})", stacklevel=3)
 
@@ -1072,25 +1088,19 @@ def _write_npz_atomic(path: Path, *, key: str, fmt: str, arrays: list[np.ndarray
 
 
 def _download_file(url: str, dest: Path, progress: bool) -> None:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # a text bar: widget bars are saved as a dead "0/N" by papermill
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                      disable=not progress) as bar:
-                for chunk in iter(lambda: resp.read(1 << 16), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with (
+        _atomic_write(dest, suffix=".part") as out,
+        urllib.request.urlopen(url, timeout=60) as resp,
+    ):
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+        ) as bar:
+            for chunk in iter(lambda: resp.read(1 << 16), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
 
 
 def _download(name: str, dest_dir: Path, progress: bool) -> None:

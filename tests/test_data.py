@@ -221,6 +221,71 @@ def test_download_goes_to_cache_and_is_used(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------
+# Atomic writes (decode cache and downloads)
+# ------------------------------------------------------------------------------------------
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_atomic_write_success_leaves_only_the_destination(tmp_path):
+    dest = tmp_path / "sub" / "file.bin"  # the directory is created on demand
+    with D._atomic_write(dest) as f:
+        f.write(b"hello ")
+        f.write(b"world")
+        assert not dest.exists()  # nothing at the destination until the block ends
+    assert dest.read_bytes() == b"hello world"
+    assert sorted(os.listdir(dest.parent)) == ["file.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would, not mkstemp's 0600
+
+
+@pytest.mark.parametrize("exc", [_Boom, KeyboardInterrupt])
+def test_atomic_write_failure_leaves_nothing(tmp_path, exc):
+    dest = tmp_path / "file.bin"
+    with pytest.raises(exc), D._atomic_write(dest) as f:
+        f.write(b"partial")
+        assert len(os.listdir(tmp_path)) == 1  # the temporary file exists meanwhile
+        raise exc("stop")
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_failure_keeps_the_old_destination(tmp_path):
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(b"old")
+    with pytest.raises(_Boom, match="stop"), D._atomic_write(dest, suffix=".part") as f:
+        f.write(b"new but incomplete")
+        raise _Boom("stop")
+    assert dest.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["file.bin"]
+
+
+def test_download_file_is_atomic(tmp_path):
+    src = tmp_path / "upstream.bin"
+    src.write_bytes(bytes(range(256)) * 1000)
+    dest = tmp_path / "dl" / "got.bin"
+    D._download_file(src.as_uri(), dest, progress=False)
+    assert dest.read_bytes() == src.read_bytes()
+    assert os.listdir(dest.parent) == ["got.bin"]
+    with pytest.raises(OSError):  # urllib's URLError is an OSError
+        D._download_file((tmp_path / "missing.bin").as_uri(), tmp_path / "dl" / "x.bin", False)
+    assert os.listdir(dest.parent) == ["got.bin"]
+
+
+def test_npz_cache_write_failure_warns_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(D.np, "savez", full)
+    cpath = tmp_path / "cache" / "c.npz"
+    with pytest.warns(UserWarning, match="could not write the decode cache .*No space left"):
+        D._write_npz_atomic(cpath, key="k", fmt="PNG", arrays=[np.zeros(1)] * 4)
+    assert os.listdir(cpath.parent) == []
+
+
+# ------------------------------------------------------------------------------------------
 # CIFAR-10 python version
 # ------------------------------------------------------------------------------------------
 
