@@ -102,5 +102,6 @@ def selection_for(cfg: Config, malicious: np.ndarray) -> Selection:
 def select_participants(cfg: Config, repeat: int, malicious: np.ndarray) -> np.ndarray:
     """All rounds' selections of one repeat: int64 [rounds, k] (row r-1 is round r)."""
     select = selection_for(cfg, malicious)
-    rng = rng_for(cfg.seed, repeat, STREAM_SELECTION)
+    # a warm-started run draws its own stream (not the one its clean warm-up drew)
+    rng = rng_for(cfg.seed, repeat, STREAM_SELECTION, *([cfg.warm_start] if cfg.warm_start else []))
     return np.stack([select(r, rng) for r in range(1, cfg.rounds + 1)])

@@ -74,6 +74,12 @@ class Config:
     n_train: int | None = None  # class-balanced subset of the training set (None = all)
     n_test: int | None = None  # class-balanced subset of the test set (None = all)
     eval_every: int = 1  # evaluate every this many rounds (the last round always)
+    # Warm start: begin every repeat from the clean FedAvg global model after this many rounds
+    # (`flcore.engine.pretrain_config`: same data and training settings, m = 0, trained once and
+    # kept in the result store). Round r of this run is then round warm_start + r of the
+    # federation (learning-rate schedule and random streams). 0: start from initialisation.
+    warm_start: int = 0
+    keep_model: bool = False  # keep each repeat's final global model in Result.model
     record_updates: str = "none"  # keep each selected participant's output-layer update
     # aggregation and defense
     aggregator: str = "fedavg"
@@ -116,8 +122,8 @@ class Config:
         return max(1, round(self.lr_step * self.num_participants / self.k))
 
     def lr_at(self, rnd: int) -> float:
-        """Learning rate of global round `rnd` (1-based)."""
-        steps = (rnd - 1) // self.lr_step_rounds
+        """Learning rate of round `rnd` (1-based) of this run (global round warm_start + rnd)."""
+        steps = (self.warm_start + rnd - 1) // self.lr_step_rounds
         return max(self.lr * self.lr_gamma**steps, LR_MIN)
 
     def eval_rounds(self) -> list[int]:
@@ -179,6 +185,11 @@ class Config:
             check_type(name, int, "a positive integer")
             if getattr(self, name) <= 0:
                 fail(f"{name}={getattr(self, name)}: {name} must be a positive integer (>= 1)")
+        check_type("warm_start", int, "an integer number of clean rounds (0: none)")
+        if self.warm_start < 0:
+            fail(f"warm_start={self.warm_start}: the clean warm-up must be >= 0 rounds (0: none)")
+        if not isinstance(self.keep_model, bool):
+            fail(f"keep_model={self.keep_model!r}: keep_model must be True or False")
         check_type("seed", int, "an integer")
         if self.seed < 0:
             fail(f"seed={self.seed}: the seed must be >= 0")

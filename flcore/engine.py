@@ -153,6 +153,8 @@ class Result:
     updates:    float32 [repeats, rounds, k, C' , F] or None: each selected participant's
                 update (θ_{r,i} − θ_{r−1}) of the output layer's weight; C' = 1 (source row
                 only, `record_updates="source"`) or C (`"all"`).
+    model:      {state-dict name: [repeats, ...] array} or None: each repeat's final global
+                model (`keep_model=True`; float32, integer buffers as int64).
     """
 
     config: Config
@@ -165,6 +167,7 @@ class Result:
     updates: np.ndarray | None = None
     excluded: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
+    model: dict[str, np.ndarray] | None = None
 
     def final(self) -> pd.DataFrame:
         """One row per repeat: the last round's accuracy and source/target recall (%)."""
@@ -207,6 +210,8 @@ class Result:
         }
         if self.updates is not None:
             arrays["updates"] = self.updates
+        for name, a in (self.model or {}).items():
+            arrays[MODEL_PREFIX + name] = a
         return frames, arrays, self.meta
 
     @classmethod
@@ -222,12 +227,22 @@ class Result:
             updates=arrays.get("updates"),
             excluded=frames.get("excluded"),
             meta=meta,
+            model={k[len(MODEL_PREFIX):]: a for k, a in arrays.items() if k.startswith(MODEL_PREFIX)} or None,
         )
+
+    def model_state(self, repeat: int = 0) -> dict[str, torch.Tensor]:
+        """Repeat `repeat`'s final global model as a state dict (needs `keep_model=True`)."""
+        if self.model is None:
+            raise ValueError("this result kept no model: run it with keep_model=True")
+        return {k: torch.from_numpy(np.array(a[repeat])) for k, a in self.model.items()}
 
 
 # ------------------------------------------------------------------------------------------
 # Shared preparation
 # ------------------------------------------------------------------------------------------
+
+
+MODEL_PREFIX = "model."  # store array names of Result.model
 
 
 @dataclass
@@ -250,7 +265,8 @@ def load_data(cfg: Config, data: Dataset | None = None, data_root=None) -> Datas
     return data
 
 
-def make_plan(cfg: Config, data: Dataset) -> Plan:
+def make_plan(cfg: Config, data: Dataset, init_from: dict[str, torch.Tensor] | None = None) -> Plan:
+    """init_from: every repeat's initial global model (a warm start), else its own initialisation."""
     shares, mal, sel, init = [], [], [], []
     is_mal = np.zeros((cfg.repeats, cfg.num_participants), dtype=bool)
     n = len(data.y_train)
@@ -266,7 +282,8 @@ def make_plan(cfg: Config, data: Dataset) -> Plan:
         mal.append(mal_j)
         is_mal[j, mal_j] = True
         sel.append(select_participants(cfg, j, mal_j))
-        init.append(init_state(cfg.dataset, torch_seed_for(cfg.seed, j, STREAM_INIT)))
+        init.append(init_state(cfg.dataset, torch_seed_for(cfg.seed, j, STREAM_INIT))
+                    if init_from is None else init_from)  # fmt: skip
     return Plan(data, shares, np.stack(mal) if mal else np.zeros((0, 0), np.int64), is_mal,
                 np.stack(sel), init)  # fmt: skip
 
@@ -277,7 +294,7 @@ def local_schedule(cfg: Config, share: torch.Tensor, repeat: int, rnd: int, part
     Returns (order int64 [steps*B], flips bool [steps*B], offsets int64 [steps*B, 2]) where
     steps = local_epochs * floor(n_i / B).
     """
-    g = torch_generator(cfg.seed, repeat, STREAM_LOCAL, rnd, participant)
+    g = torch_generator(cfg.seed, repeat, STREAM_LOCAL, cfg.warm_start + rnd, participant)
     B = cfg.batch_size
     per_epoch = (len(share) // B) * B
     order = torch.cat([share[torch.randperm(len(share), generator=g)[:per_epoch]]
@@ -484,6 +501,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     dtype = _dtype(precision)
     model = build_model(cfg.dataset).to(device, dtype)
     aggregate = Aggregation(cfg, plan, float_keys(plan.init[0]))
+    finals = []
     for j in range(R):
         global_state = _to_dtype(plan.init[j], dtype, device)
         e = 0
@@ -530,8 +548,17 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 e += 1
             if progress is not None:
                 progress.update(1)
+        finals.append(global_state)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
-                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame())  # fmt: skip
+                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
+                model=_kept_model(cfg, stack_states(finals)))  # fmt: skip
+
+
+def _kept_model(cfg: Config, glob: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
+    """The stacked final global models [R, ...] as numpy (float32; integer buffers as they are)."""
+    if not cfg.keep_model:
+        return None
+    return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in glob.items()}
 
 
 def _updates_buffer(cfg: Config) -> np.ndarray | None:
@@ -687,12 +714,37 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         if progress is not None:
             progress.update(1)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
-                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame())  # fmt: skip
+                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
+                model=_kept_model(cfg, glob))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------
+
+
+def pretrain_config(cfg: Config) -> Config:
+    """The clean warm-up behind `cfg.warm_start`: `cfg`'s data and training settings, m = 0,
+    plain FedAvg, one repeat of `warm_start` rounds, final model kept.
+
+    Everything that does not change a clean run is normalised, so every attack, defense and
+    selection strategy on the same data and seed starts from the same stored model.
+    """
+    return cfg.replace(m=0.0, src=0, tgt=1, strategy="random", alpha=None,
+                       break_round=Config.break_round, repeats=1, rounds=cfg.warm_start,
+                       warm_start=0, eval_every=cfg.warm_start, record_updates="none",
+                       aggregator="fedavg", aggregator_params={}, defense=None,
+                       defense_params={}, keep_model=True)  # fmt: skip
+
+
+def warm_state(cfg: Config, *, store="results", data: Dataset | None = None, data_root=None,
+               progress: bool = False) -> dict[str, torch.Tensor] | None:  # fmt: skip
+    """The initial global model of a warm-started config (None if `warm_start` is 0): the
+    final model of `pretrain_config(cfg)`, loaded from the store or trained (and stored)."""
+    if not cfg.warm_start:
+        return None
+    pre = run(pretrain_config(cfg), store=store, data=data, data_root=data_root, progress=progress)
+    return pre.model_state(0)
 
 
 def resolved(config: Config) -> Config:
@@ -745,8 +797,11 @@ def run(
             return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
 
     t0 = time.perf_counter()
+    if cfg.warm_start and data is None:  # loaded once for the warm-up and the run
+        data = load_dataset(cfg.dataset, root=data_root, progress=False)
+    start = warm_state(cfg, store=store, data=data, data_root=data_root, progress=progress)
     data = load_data(cfg, data, data_root)
-    plan = make_plan(cfg, data)
+    plan = make_plan(cfg, data, start)
     bar = None
     if progress:
         from tqdm import tqdm  # a text bar: widget bars are saved as a dead "0/N" by papermill
@@ -781,7 +836,7 @@ def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta)
         **extra_meta,
     }
     result = Result(cfg, rounds, recall, raw["confusion"], raw["eval_rounds"], plan.selected,
-                    plan.malicious, raw["updates"], raw["excluded"], meta)  # fmt: skip
+                    plan.malicious, raw["updates"], raw["excluded"], meta, raw.get("model"))  # fmt: skip
     if st is not None:
         frames, arrays, meta = result.to_store()
         st.put(store_key(cfg), cfg.key_dict(), frames, arrays, meta)
@@ -796,7 +851,7 @@ MAX_BATCHED_FEDERATIONS = {"fmnist": 30, "cifar10": 12}  # bounds memory: G = th
 def _batch_group(cfg: Config):
     """Configs with equal group keys can train in one stack (None: this one trains alone)."""
     if cfg.engine != "fast" or cfg.aggregator != "fedavg" or cfg.defense is not None \
-            or cfg.aggregator_params or cfg.record_updates != "none":  # fmt: skip
+            or cfg.aggregator_params or cfg.record_updates != "none" or cfg.keep_model:  # fmt: skip
         return None
     d = cfg.to_dict()
     subset = cfg.n_train is not None or cfg.n_test is not None  # the subset depends on the seed
@@ -853,8 +908,12 @@ def run_many(configs, *, store="results", data: Dataset | None = None, data_root
 
 def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result]:
     t0 = time.perf_counter()
-    data = load_data(cfgs[0], data, data_root)
-    plans = [make_plan(c, data) for c in cfgs]
+    store = None if st is None else st.path
+    if data is None and cfgs[0].warm_start:
+        data = load_dataset(cfgs[0].dataset, root=data_root, progress=False)
+    starts = [warm_state(c, store=store, data=data, data_root=data_root, progress=progress) for c in cfgs]
+    data_sub = load_data(cfgs[0], data, data_root)
+    plans = [make_plan(c, data_sub, w) for c, w in zip(cfgs, starts)]
     feds = [(c, pl, j) for c, pl in zip(cfgs, plans) for j in range(c.repeats)]
     lead = cfgs[0].replace(repeats=len(feds))
     bar = None

@@ -102,6 +102,9 @@ BAD_FIELDS = [
     ("device", "tpu", {}, "valid: auto, cpu, cuda"),
     ("precision", "fp16", {}, "valid: auto, fp32, bf16, fp64"),
     ("engine", "slow", {}, "valid: fast, reference"),
+    ("warm_start", -5, {}, ">= 0 rounds"),
+    ("warm_start", 2.5, {}, "number of clean rounds"),
+    ("keep_model", "yes", {}, "True or False"),
 ]
 
 

@@ -162,3 +162,42 @@ def test_run_many_batches_configs_and_each_equals_its_own_run(fmnist, tmp_path):
     again = run_many(cfgs, store=tmp_path, data=fmnist, progress=False)
     assert all("batched_with" in r.meta for r in again)
     np.testing.assert_array_equal(again[1].confusion, many[1].confusion)
+
+
+def test_warm_start_begins_from_the_stored_clean_model(fmnist, tmp_path):
+    """warm_start=W: every repeat starts from the clean W-round model, trained once and stored;
+    rounds continue the federation's schedule, and both engines agree in fp64."""
+    from flcore.engine import pretrain_config, warm_state
+
+    cfg = tiny(precision="fp64", rounds=2, warm_start=3, record_updates="none", lr_step=1,
+               num_participants=10, k=5)  # fmt: skip
+    pre = run(pretrain_config(cfg), store=tmp_path, data=fmnist, progress=False)
+    assert pre.config.m == 0 and pre.config.rounds == 3 and pre.model is not None
+    start = warm_state(cfg, store=tmp_path, data=fmnist)
+    for k, v in pre.model_state(0).items():
+        torch.testing.assert_close(start[k], v)
+    # the attack and the aggregator do not change the warm-up: one stored model serves all
+    assert pretrain_config(cfg.replace(m=0.4, src=1, tgt=3, aggregator="median")) == pretrain_config(cfg)
+    fast = run(cfg, store=tmp_path, data=fmnist, progress=False)
+    ref = run(cfg.replace(engine="reference"), store=None, data=fmnist, progress=False)
+    np.testing.assert_array_equal(fast.confusion, ref.confusion)
+    # lr_step 1 with N/k = 2: the step is 2 global rounds, so rounds 1-2 here are rounds 4-5
+    assert cfg.lr_step_rounds == 2 and list(fast.rounds.query("repeat == 0")["lr"]) == [
+        cfg.lr * cfg.lr_gamma, cfg.lr * cfg.lr_gamma**2]
+    # a warm start is not a cold one: round 1 is at the warm-up's level, not at chance
+    cold = run(cfg.replace(warm_start=0), store=None, data=fmnist, progress=False)
+    warm_acc = fast.rounds.query("round == 1")["accuracy"].mean()
+    assert warm_acc > cold.rounds.query("round == 1")["accuracy"].mean() + 5
+    assert warm_acc > pre.rounds["accuracy"].iloc[-1] - 15
+
+
+def test_kept_model_round_trips_through_the_store(fmnist, tmp_path):
+    cfg = tiny(rounds=1, record_updates="none", keep_model=True)
+    res = run(cfg, store=tmp_path, data=fmnist, progress=False)
+    again = run(cfg, store=tmp_path, data=fmnist, progress=False)
+    assert set(res.model) == set(again.model) and "0.weight" in res.model
+    for k in res.model:
+        assert res.model[k].shape[0] == cfg.repeats
+        np.testing.assert_array_equal(res.model[k], again.model[k])
+    with pytest.raises(ValueError, match="keep_model=True"):
+        run(cfg.replace(keep_model=False), store=None, data=fmnist, progress=False).model_state()
