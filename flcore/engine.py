@@ -382,8 +382,10 @@ class Aggregation:
     excluded leaves the global model unchanged.
     """
 
-    def __init__(self, cfg: Config, plan: Plan, float_names: list[str]):
-        self.cfg, self.plan, self.fkeys = cfg, plan, float_names
+    def __init__(self, cfg: Config, feds: list[tuple[Config, Plan, int]], float_names: list[str]):
+        """feds: the stacked federations (config, plan, repeat), in stack order; they share
+        `cfg`'s aggregation and defense settings (`run_many` batches only such configs)."""
+        self.cfg, self.feds, self.fkeys = cfg, feds, float_names
         self.rule = get_aggregator(cfg.aggregator)
         self.params = dict(cfg.aggregator_params)
         self.plain = cfg.aggregator == "fedavg" and cfg.defense is None and not self.params
@@ -402,19 +404,23 @@ class Aggregation:
             self.detectors = [
                 OnlineDetector(PCADetector(clusterer=self.dp["clusterer"]), min_rows=self.dp["min_rows"],
                                max_rows=self.dp["max_rows"], scope=self.dp["scope"])
-                for _ in range(cfg.repeats)
+                for _ in feds
             ]
-            self.blocked = [set() for _ in range(cfg.repeats)]
+            self.blocked = [set() for _ in feds]
 
-    def excluded_frame(self) -> pd.DataFrame | None:
+    def excluded_frame(self, feds: range | None = None) -> pd.DataFrame | None:
+        """Who was excluded when: repeat (within its config), round, participant, malicious
+        (the truth, recorded for evaluation only). feds: these federations only."""
         if self.detectors is None:
             return None
-        return pd.DataFrame(self.excluded, columns=["repeat", "round", "participant", "malicious"]).astype(
+        rows = [(self.feds[i][2], r, p, mal) for i, r, p, mal in self.excluded if feds is None or i in feds]
+        return pd.DataFrame(rows, columns=["repeat", "round", "participant", "malicious"]).astype(
             {"repeat": np.int64, "round": np.int64, "participant": np.int64, "malicious": bool}
         )
 
     def __call__(self, rnd: int, glob: dict, local: dict, repeats: list[int]) -> dict:
-        """glob: name -> [R', ...]; local: name -> [R', k, ...] for the repeats `repeats`."""
+        """glob: name -> [R', ...]; local: name -> [R', k, ...] for the federations `repeats`
+        (indices into `feds`)."""
         if self.plain:
             return {kk: (v.mean(1) if kk in self.fkeys else v[:, 0]) for kk, v in local.items()}
         k = self.cfg.k
@@ -433,7 +439,8 @@ class Aggregation:
                 continue
             params = dict(self.params)
             if self.foolsgold:
-                ids = self.plan.selected[j, rnd - 1][keep[i]]
+                _, pl, jj = self.feds[j]
+                ids = pl.selected[jj, rnd - 1][keep[i]]
                 cur = out_delta[i][torch.as_tensor(keep[i], device=upd.device)].reshape(len(rows), -1)
                 hist = self._history(j, ids, cur)
                 weights = foolsgold_weights(cur, hist, **params).to(rows.dtype)
@@ -454,7 +461,7 @@ class Aggregation:
 
     def _history(self, j: int, ids: np.ndarray, cur: torch.Tensor) -> torch.Tensor:
         if self.history is None:
-            self.history = torch.zeros(self.cfg.repeats, self.cfg.num_participants, cur.shape[1],
+            self.history = torch.zeros(len(self.feds), self.cfg.num_participants, cur.shape[1],
                                        dtype=cur.dtype, device=cur.device)  # fmt: skip
         idx = torch.as_tensor(ids, device=cur.device)
         past = self.history[j, idx].clone()
@@ -462,11 +469,12 @@ class Aggregation:
         return past
 
     def _defend(self, rnd: int, j: int, delta: torch.Tensor) -> np.ndarray:
-        """Score this round's updates of repeat j; returns the keep mask [k]."""
-        ids = self.plan.selected[j, rnd - 1]
+        """Score this round's updates of federation j; returns the keep mask [k]."""
+        c, pl, jj = self.feds[j]
+        ids = pl.selected[jj, rnd - 1]
         if rnd < self.dp["rounds_from"]:
             return np.ones(len(ids), dtype=bool)
-        rows = delta[:, self.cfg.src, :].double().cpu().numpy()
+        rows = delta[:, c.src, :].double().cpu().numpy()
         if not np.isfinite(rows).all():
             return np.ones(len(ids), dtype=bool)
         det = self.detectors[j]
@@ -478,7 +486,7 @@ class Aggregation:
         drop = np.isin(ids, list(self.blocked[j])) if self.dp["mode"] == "block" else (
             np.isin(ids, flagged) if act else np.zeros(len(ids), bool))  # fmt: skip
         for p in ids[drop]:
-            self.excluded.append((j, rnd, int(p), bool(self.plan.is_malicious[j, p])))
+            self.excluded.append((j, rnd, int(p), bool(pl.is_malicious[jj, p])))
         return ~drop
 
 
@@ -500,7 +508,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     w_name = last_linear_weight_name(cfg.dataset)
     dtype = _dtype(precision)
     model = build_model(cfg.dataset).to(device, dtype)
-    aggregate = Aggregation(cfg, plan, float_keys(plan.init[0]))
+    aggregate = Aggregation(cfg, [(cfg, plan, j) for j in range(R)], float_keys(plan.init[0]))
     finals = []
     for j in range(R):
         global_state = _to_dtype(plan.init[j], dtype, device)
@@ -617,7 +625,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     tgt_t = torch.tensor([c.tgt for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
     cl = torch.channels_last
     chunk = _eval_chunk(R, spec[0].args[1], H * W)
-    aggregate = Aggregation(cfg, plan, fkeys)
+    aggregate = Aggregation(cfg, feds, fkeys)
     e = 0
     for r in range(1, T + 1):
         # --- this round's data for each of the G = R*k models -----------------------------
@@ -692,7 +700,9 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         with torch.no_grad():
             if updates is not None:
                 delta = state[w_name].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
-                updates[:, r - 1] = _update_rows(cfg, delta).cpu().numpy()
+                if cfg.record_updates == "source":  # each federation's own source row
+                    delta = delta[torch.arange(R, device=device), :, src_t[::k, 0]].unsqueeze(2)
+                updates[:, r - 1] = delta.cpu().numpy()
             local = {kk: v.view(R, k, *v.shape[1:]) for kk, v in state.items()}
             glob = aggregate(r, glob, local, list(range(R)))
             finite = torch.stack([torch.isfinite(glob[kk]).view(R, -1).all(1) for kk in fkeys]).all(0)
@@ -715,7 +725,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
             progress.update(1)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
                 diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
-                model=_kept_model(cfg, glob))  # fmt: skip
+                model=_kept_model(cfg, glob), aggregation=aggregate)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
@@ -844,14 +854,14 @@ def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta)
 
 
 # Fields in which configs batched together by `run_many` may differ: the attack and selection.
+# Everything else (training, aggregation, defense, recording) must be equal.
 BATCHABLE_FIELDS = ("m", "src", "tgt", "strategy", "alpha", "break_round", "repeats", "seed")
 MAX_BATCHED_FEDERATIONS = {"fmnist": 30, "cifar10": 12}  # bounds memory: G = this x k models
 
 
 def _batch_group(cfg: Config):
     """Configs with equal group keys can train in one stack (None: this one trains alone)."""
-    if cfg.engine != "fast" or cfg.aggregator != "fedavg" or cfg.defense is not None \
-            or cfg.aggregator_params or cfg.record_updates != "none" or cfg.keep_model:  # fmt: skip
+    if cfg.engine != "fast":
         return None
     d = cfg.to_dict()
     subset = cfg.n_train is not None or cfg.n_test is not None  # the subset depends on the seed
@@ -934,6 +944,8 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result
         start += c.repeats
         part = {"confusion": raw["confusion"][sl], "eval_rounds": raw["eval_rounds"],
                 "losses": raw["losses"][sl], "diverged_at": raw["diverged_at"][sl],
-                "updates": None, "excluded": None}  # fmt: skip
+                "updates": None if raw["updates"] is None else raw["updates"][sl],
+                "excluded": raw["aggregation"].excluded_frame(range(sl.start, sl.stop)),
+                "model": None if raw["model"] is None else {kk: v[sl] for kk, v in raw["model"].items()}}  # fmt: skip
         results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs)))
     return results

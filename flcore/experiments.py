@@ -112,12 +112,14 @@ def pick(value, dataset: str):
 
 
 def base_config(dataset: str, *, rounds: int, repeats: int, seed: int = 0, n_train=None,
-                n_test=None, device: str = "auto", precision: str = "auto",
+                n_test=None, warm_start=0, device: str = "auto", precision: str = "auto",
                 break_round: int = 75, **fields) -> Config:  # fmt: skip
-    """The shared part of a study's configurations. `n_train`, `n_test`: int, None or per dataset."""
+    """The shared part of a study's configurations. `n_train`, `n_test`, `warm_start`: one
+    value or a dict per dataset."""
     return Config(dataset=dataset, rounds=rounds, repeats=repeats, seed=seed,
-                  n_train=pick(n_train, dataset), n_test=pick(n_test, dataset), device=device,
-                  precision=precision, break_round=min(break_round, rounds), **fields)  # fmt: skip
+                  n_train=pick(n_train, dataset), n_test=pick(n_test, dataset),
+                  warm_start=pick(warm_start, dataset) or 0, device=device, precision=precision,
+                  break_round=min(break_round, rounds), **fields)  # fmt: skip
 
 
 def baseline_config(cfg: Config) -> Config:
@@ -237,7 +239,7 @@ def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int,
     jobs = []  # (config, src, tgt): every run of the study, trained together by run_grid
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, **base)
-        jobs.append((baseline_config(cfg.replace(repeats=baseline_repeats or repeats)), s, t))
+        jobs.append((baseline_config(cfg.replace(repeats=pick(baseline_repeats, d) or repeats)), s, t))
         jobs += [(cfg.replace(m=float(m), eval_every=rounds), None, None) for m in m_values if m > 0]
     results = run_grid([c for c, _, _ in jobs], store, progress)
     return pd.concat([final_frame(r, s, t) for r, (_, s, t) in zip(results, jobs)], ignore_index=True)
@@ -262,7 +264,7 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
                           break_round=break_round, **base)  # fmt: skip
         on_fig = (d, s, t) in figure_pairs
         if on_fig:
-            jobs.append((baseline_config(cfg.replace(repeats=baseline_repeats or repeats)), "none", s, t))
+            jobs.append((baseline_config(cfg.replace(repeats=pick(baseline_repeats, d) or repeats)), "none", s, t))
         for strat in strategies if on_fig else ("late",):
             jobs.append((cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds),
                          strat if on_fig else "final", None, None))  # fmt: skip
@@ -729,6 +731,20 @@ def save_table(df: pd.DataFrame, name: str, out_dir: str | Path, float_format: s
 _ROUNDS_NOTE = ("The paper trains 200 rounds; a run with fewer rounds stops while the model "
                 "still learns and the last round's participants weigh more, so magnitudes "
                 "differ while the direction of each effect is what is compared.")  # fmt: skip
+
+
+def rounds_note(warm_start=0) -> str:
+    """How this run's rounds relate to the paper's 200 (`warm_start`: int or per dataset)."""
+    ws = {k: v for k, v in warm_start.items() if v} if isinstance(warm_start, dict) else warm_start
+    if not ws:
+        return _ROUNDS_NOTE
+    w = ", ".join(f"{DATASET_LABEL.get(d, d)} {v}" for d, v in ws.items()) if isinstance(ws, dict) else str(ws)
+    return ("The paper trains 200 rounds. Here every run starts from the clean FedAvg model "
+            f"after a warm-up of {w} rounds (trained once and shared by all runs, "
+            "`Config.warm_start`), so round r on the plots is round warm-up + r of the "
+            "federation: the attack meets a model near the paper's converged one, but acts for "
+            "a few rounds instead of ~200, so magnitudes differ while the direction of each "
+            "effect is what is compared.")
 
 
 def _pair(d, s, t) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -201,3 +202,25 @@ def test_kept_model_round_trips_through_the_store(fmnist, tmp_path):
         np.testing.assert_array_equal(res.model[k], again.model[k])
     with pytest.raises(ValueError, match="keep_model=True"):
         run(cfg.replace(keep_model=False), store=None, data=fmnist, progress=False).model_state()
+
+
+@pytest.mark.parametrize("agg", [dict(aggregator="median"), dict(aggregator="foolsgold"),
+                                 dict(defense="pca", defense_params=dict(start_round=1, rounds_from=1,
+                                      min_rows=3, min_silhouette=0.0))])  # fmt: skip
+def test_run_many_batches_defended_configs_each_equal_to_its_own_run(fmnist, agg):
+    """Robust aggregators, the online defense and recorded updates batch too: in fp64 every
+    config's numbers, recorded source rows and exclusions equal its solo run."""
+    from flcore.engine import run_many
+
+    base = tiny(precision="fp64", rounds=3, record_updates="source", m=0.3, **agg)
+    cfgs = [base, base.replace(m=0.4, src=1, tgt=3, repeats=1), base.replace(strategy="late", break_round=2)]
+    many = run_many(cfgs, store=None, data=fmnist, progress=False)
+    assert many[0].meta["batched_with"] == 3
+    for cfg, res in zip(cfgs, many):
+        solo = run(cfg, store=None, data=fmnist, progress=False)
+        np.testing.assert_array_equal(res.confusion, solo.confusion)
+        np.testing.assert_array_equal(res.updates, solo.updates)
+        if cfg.defense:
+            pd.testing.assert_frame_equal(res.excluded, solo.excluded)
+    if base.defense:
+        assert sum(len(r.excluded) for r in many) > 0  # the detector acted somewhere

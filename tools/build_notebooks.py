@@ -14,6 +14,7 @@ precision = "auto"  # auto | fp32 | bf16 | fp64
 seed = 0
 n_train = {"fmnist": 1000, "cifar10": 1000}  # class-balanced subsets (None: the full set)
 n_test = {"fmnist": 500, "cifar10": 500}
+warm_start = 0  # start every run from the clean model after this many FedAvg rounds (one value or per dataset; trained once and shared; 0: from initialisation)
 '''
 
 SETUP = '''import matplotlib.pyplot as plt
@@ -23,7 +24,8 @@ from flcore import experiments as ex
 from flcore import plots
 
 out = ex.figures_dir(output_dir, profile)
-common = dict(seed=seed, n_train=n_train, n_test=n_test, device=device, precision=precision, store=results)'''
+common = dict(seed=seed, n_train=n_train, n_test=n_test, warm_start=warm_start, device=device,
+              precision=precision, store=results)'''
 
 
 def nb(cells):
@@ -72,7 +74,7 @@ fig1_pairs = [["cifar10", 5, 3], ["fmnist", 4, 6]]  # panels of Fig 1 (those tha
     ("code", "fig = plots.fig2_acc_vs_recall(final)\nex.save_figure(fig, \"fig2_acc_vs_recall\", out)\nplt.show()"),
     ("md", "## Paper vs this run"),
     ("code", "cmp = ex.compare_table2(t2)\ncmp"),
-    ("code", "display(Markdown(ex.agreement_table2(t2) + \" \" + ex._ROUNDS_NOTE + \" \"\n"
+    ("code", "display(Markdown(ex.agreement_table2(t2) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
              "                 + ex.data_note(final[\"dataset\"])))"),
 ]
 NB["02_targeting"] = [
@@ -96,7 +98,7 @@ m = 0.1  # the paper's m for Table 3
              "t3.pivot_table(index=[\"dataset\", \"src\", \"tgt\"], columns=\"setting\", values=\"mean\")"),
     ("md", "## Paper vs this run"),
     ("code", "cmp = ex.compare_table3(t3)\ncmp"),
-    ("code", "display(Markdown(ex.agreement_table3(t3) + \" \" + ex._ROUNDS_NOTE + \" \"\n"
+    ("code", "display(Markdown(ex.agreement_table3(t3) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
              "                 + ex.data_note(final[\"dataset\"])))"),
 ]
 NB["03_timing"] = [
@@ -131,7 +133,7 @@ figure_pairs = [["fmnist", 4, 6]]  # pairs drawn in Figs 3 and 4 (early and late
     ("md", "## Paper vs this run"),
     ("code", "cmp = ex.compare_table4(t4)\ncmp"),
     ("code", "display(Markdown(ex.agreement_timing(summary) + \" \" + ex.agreement_table4(t4) + \" \"\n"
-             "                 + ex._ROUNDS_NOTE + \" \" + ex.data_note(late[\"dataset\"])))"),
+             "                 + ex.rounds_note(warm_start) + \" \" + ex.data_note(late[\"dataset\"])))"),
 ]
 NB["04_availability"] = [
     ("md", "# 04 Availability: does a more available adversary hurt more?\n\n"
@@ -165,7 +167,7 @@ fig6_m = 0.3  # the m whose rounds Fig 6 draws for the smallest and largest α
     ("code", "change = ex.recall_change(av, break_round)\nfig = plots.fig7_recall_change(change)\n"
              "ex.save_figure(fig, \"fig7_recall_change\", out)\nplt.show()\nchange"),
     ("md", "## Paper vs this run\nThe paper states these findings in words and figures rather than a table."),
-    ("code", "display(Markdown(ex.agreement_availability(t5, change) + \" \" + ex._ROUNDS_NOTE + \" \"\n"
+    ("code", "display(Markdown(ex.agreement_availability(t5, change) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
              "                 + ex.data_note(av[\"dataset\"])))"),
 ]
 NB["05_defense"] = [
@@ -231,7 +233,7 @@ pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.engin
     ("code", "fig = plots.fig_defense_comparison(final, order=defenses, labels=ex.DEFENSE_LABEL)\n"
              "ex.save_figure(fig, \"fig_defense_comparison\", out)\nplt.show()"),
     ("md", "## Reading"),
-    ("code", "display(Markdown(ex.agreement_comparison(tc) + \" \" + ex._ROUNDS_NOTE + \" \"\n"
+    ("code", "display(Markdown(ex.agreement_comparison(tc) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
              "                 + ex.data_note(final[\"dataset\"])))"),
 ]
 
