@@ -74,6 +74,10 @@ class Config:
     n_train: int | None = None  # class-balanced subset of the training set (None = all)
     n_test: int | None = None  # class-balanced subset of the test set (None = all)
     eval_every: int = 1  # evaluate every this many rounds (the last round always)
+    # Evaluated rounds before the last use only the test images of these classes (their
+    # recall; M_acc is NaN there): per-round source-recall curves at a fraction of the cost.
+    # The last round always uses the whole test set. None: every class in every evaluated round.
+    eval_classes: tuple | None = None
     # Warm start: begin every repeat from the clean FedAvg global model after this many rounds
     # (`flcore.engine.pretrain_config`: same data and training settings, m = 0, trained once and
     # kept in the result store). Round r of this run is then round warm_start + r of the
@@ -97,6 +101,10 @@ class Config:
             v = getattr(self, name)
             if isinstance(v, int) and not isinstance(v, bool):
                 object.__setattr__(self, name, float(v))
+        if isinstance(self.eval_classes, (list, tuple, set)) and self.eval_classes and all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < NUM_CLASSES
+                for c in self.eval_classes):  # fmt: skip  (else left as given, for the error)
+            object.__setattr__(self, "eval_classes", tuple(sorted(set(self.eval_classes))))
         defaults = DATASET_DEFAULTS.get(self.dataset, {})
         if self.dataset in DATASET_DEFAULTS:
             for name, value in defaults.items():
@@ -185,6 +193,11 @@ class Config:
             check_type(name, int, "a positive integer")
             if getattr(self, name) <= 0:
                 fail(f"{name}={getattr(self, name)}: {name} must be a positive integer (>= 1)")
+        ec = self.eval_classes
+        if ec is not None and (not isinstance(ec, tuple) or not ec
+                               or not all(isinstance(c, int) and 0 <= c < NUM_CLASSES for c in ec)):  # fmt: skip
+            fail(f"eval_classes={ec!r}: give a non-empty list of class indices in 0..{NUM_CLASSES - 1} "
+                 f"(e.g. [{self.src}] for the source class), or None for all classes")  # fmt: skip
         check_type("warm_start", int, "an integer number of clean rounds (0: none)")
         if self.warm_start < 0:
             fail(f"warm_start={self.warm_start}: the clean warm-up must be >= 0 rounds (0: none)")

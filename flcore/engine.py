@@ -144,8 +144,10 @@ class Result:
     rounds:     DataFrame, one row per (repeat, round): accuracy (M_acc, %), n_malicious
                 (malicious participants selected), lr, train_loss (mean over the selected
                 participants' batches), diverged (bool); accuracy is NaN in rounds that
-                were not evaluated (`eval_every`) and after a divergence.
-    recall:     DataFrame, one row per (repeat, evaluated round, class): recall (%).
+                were not evaluated (`eval_every`), or only on some classes
+                (`eval_classes`), and after a divergence.
+    recall:     DataFrame, one row per (repeat, evaluated round, class): recall (%); NaN for
+                a class that round did not evaluate (`eval_classes`).
     confusion:  int64 [repeats, n_eval, C, C] (true class, predicted class).
     eval_rounds: int64 [n_eval], the evaluated rounds (1-based).
     selected:   int64 [repeats, rounds, k], participant ids per round.
@@ -305,6 +307,15 @@ def local_schedule(cfg: Config, share: torch.Tensor, repeat: int, rnd: int, part
     return order, flips, offsets
 
 
+def _test_set(cfg: Config, x_test: torch.Tensor, y_test: torch.Tensor, rnd: int):
+    """The test images evaluated in round `rnd`: all in the last round (and without
+    `eval_classes`), else only those of `eval_classes`."""
+    if cfg.eval_classes is None or rnd == cfg.rounds:
+        return x_test, y_test
+    keep = torch.isin(y_test, torch.tensor(cfg.eval_classes, device=y_test.device))
+    return x_test[keep], y_test[keep]
+
+
 def _confusion(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """[..., n] true and predicted labels -> int64 [..., C, C]."""
     lead = pred.shape[:-1]
@@ -323,6 +334,8 @@ def _frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndar
     totals = confusion.sum(axis=(-2, -1))
     acc = np.full((R, T), np.nan)
     acc[:, eval_rounds - 1] = 100.0 * correct / np.maximum(totals, 1)
+    if cfg.eval_classes is not None:  # rounds evaluated on some classes only have no M_acc
+        acc[:, eval_rounds[eval_rounds < T] - 1] = np.nan
     rnd = np.arange(1, T + 1)
     diverged = rnd[None, :] >= diverged_at[:, None]
     acc[diverged] = np.nan
@@ -549,10 +562,11 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 model.load_state_dict(global_state)
                 model.eval()
                 preds = []
+                xt, yt = _test_set(cfg, x_test, y_test, r)
                 with torch.no_grad(), _autocast(device, precision):
-                    for b in range(0, len(y_test), 1000):
-                        preds.append(model(normalize(x_test[b : b + 1000], data.mean, data.std, dtype)).argmax(1))
-                confusion[j, e] = _confusion(y_test, torch.cat(preds)).cpu().numpy()
+                    for b in range(0, len(yt), 1000):
+                        preds.append(model(normalize(xt[b : b + 1000], data.mean, data.std, dtype)).argmax(1))
+                confusion[j, e] = _confusion(yt, torch.cat(preds)).cpu().numpy()
                 e += 1
             if progress is not None:
                 progress.update(1)
@@ -712,14 +726,15 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
             # --- evaluation of every repeat's global model in one pass ----------------------
             if r in eval_rounds:
                 preds = []
+                xt, yt = _test_set(cfg, x_test, y_test, r)
                 with _autocast(device, precision):
-                    for b in range(0, len(y_test), chunk):
-                        xe = x_test[b : b + chunk]
+                    for b in range(0, len(yt), chunk):
+                        xe = xt[b : b + chunk]
                         xe = (xe.to(dtype).repeat(1, R, 1, 1) / 255.0 - mean_e) / std_e
                         xe = xe.contiguous(memory_format=cl)
                         preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
                 pred = torch.cat(preds, dim=1)  # [R, n_test]
-                confusion[:, e] = _confusion(y_test.expand(R, -1), pred).cpu().numpy()
+                confusion[:, e] = _confusion(yt.expand(R, -1), pred).cpu().numpy()
                 e += 1
         if progress is not None:
             progress.update(1)
@@ -742,7 +757,7 @@ def pretrain_config(cfg: Config) -> Config:
     """
     return cfg.replace(m=0.0, src=0, tgt=1, strategy="random", alpha=None,
                        break_round=Config.break_round, repeats=1, rounds=cfg.warm_start,
-                       warm_start=0, eval_every=cfg.warm_start, record_updates="none",
+                       warm_start=0, eval_every=cfg.warm_start, eval_classes=None, record_updates="none",
                        aggregator="fedavg", aggregator_params={}, defense=None,
                        defense_params={}, keep_model=True)  # fmt: skip
 

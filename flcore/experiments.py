@@ -8,7 +8,7 @@ Frames (all tidy, percentages in [0, 100]):
   alpha, repeat, accuracy, recall_0 … recall_9, source_recall, target_recall, m_cnt (test
   images of src predicted as tgt), n_mal_last (malicious participants in the last round).
 - round frame (`round_frame`): one row per (config, repeat, evaluated round): the same keys,
-  round, accuracy, source_recall, n_malicious.
+  round, accuracy (NaN in rounds evaluated on the source class only), source_recall, n_malicious.
 
 The clean baseline (m = 0) does not depend on the source/target pair, so every study asks
 for it through `baseline_config`, which fixes a canonical pair: one training serves every
@@ -126,12 +126,15 @@ def baseline_config(cfg: Config) -> Config:
     """The non-poisoned model M_NP for `cfg`: m = 0, the canonical pair, evaluated every round.
 
     Everything that does not change an m = 0 run is normalised (pair, strategy, α, break
-    round, recorded updates),
-    so that all notebooks and pairs share one training.
+    round, recorded updates), so that all notebooks and pairs share one training. Rounds
+    before the last evaluate only the source classes of the paper's pairs (the per-round
+    curves need no more) when `cfg`'s source is one of them, else every class.
     """
+    sources = tuple(sorted({s for s, _ in PAIRS[cfg.dataset]}))
     return cfg.replace(m=0.0, src=BASELINE_PAIR[0], tgt=BASELINE_PAIR[1], strategy="random",
                        alpha=None, break_round=Config.break_round, record_updates="none",
-                       eval_every=1, defense=None)  # fmt: skip
+                       eval_every=1, eval_classes=sources if cfg.src in sources else None,
+                       defense=None)  # fmt: skip
 
 
 def run_grid(configs: Iterable[Config], store="results", progress: bool = True) -> list[Result]:
@@ -266,7 +269,7 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
         if on_fig:
             jobs.append((baseline_config(cfg.replace(repeats=pick(baseline_repeats, d) or repeats)), "none", s, t))
         for strat in strategies if on_fig else ("late",):
-            jobs.append((cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds),
+            jobs.append((cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds, eval_classes=(s,)),
                          strat if on_fig else "final", None, None))  # fmt: skip
     results = run_grid([j[0] for j in jobs], store, progress)
     rounds_frames, finals = [], []
@@ -286,7 +289,7 @@ def availability(pairs, m_values, alphas, *, rounds: int, repeats: int, break_ro
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t,
                           break_round=break_round, **base)  # fmt: skip
-        grid += [cfg.replace(m=float(m), strategy="availability", alpha=float(a))
+        grid += [cfg.replace(m=float(m), strategy="availability", alpha=float(a), eval_classes=(s,))
                  for m in m_values for a in alphas]  # fmt: skip
     return pd.concat([round_frame(r) for r in run_grid(grid, store, progress)], ignore_index=True)
 

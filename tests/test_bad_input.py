@@ -83,6 +83,9 @@ BAD_FIELDS = [
     ("n_train", 100, {}, "at least 200"),  # 50 participants x batches of 4
     ("n_test", 0, {}, "at least 10"),
     ("eval_every", 0, {}, "positive integer"),
+    ("eval_classes", [10], {}, "class indices in 0..9"),
+    ("eval_classes", [], {}, "non-empty list"),
+    ("eval_classes", "4", {}, "or None for all classes"),
     ("record_updates", "some", {}, "did you mean 'source'"),
     ("aggregator", "krumm", {}, "did you mean 'krum'"),
     ("aggregator", None, {}, "valid: fedavg"),

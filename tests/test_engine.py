@@ -224,3 +224,24 @@ def test_run_many_batches_defended_configs_each_equal_to_its_own_run(fmnist, agg
             pd.testing.assert_frame_equal(res.excluded, solo.excluded)
     if base.defense:
         assert sum(len(r.excluded) for r in many) > 0  # the detector acted somewhere
+
+
+def test_eval_classes_evaluates_earlier_rounds_on_those_classes_only(fmnist):
+    """eval_classes: rounds before the last see only those classes' test images (same recall
+    as a full evaluation, no M_acc); the last round is whole; both engines agree."""
+    cfg = tiny(precision="fp64", rounds=3, record_updates="none")
+    full = run(cfg, store=None, data=fmnist, progress=False)
+    part = run(cfg.replace(eval_classes=[6, 4, 4]), store=None, data=fmnist, progress=False)
+    assert part.config.eval_classes == (4, 6)
+    ref = run(part.config.replace(engine="reference"), store=None, data=fmnist, progress=False)
+    np.testing.assert_array_equal(part.confusion, ref.confusion)
+    for cls in range(10):
+        a = full.recall.query("cls == @cls and round < 3")["recall"].to_numpy()
+        b = part.recall.query("cls == @cls and round < 3")["recall"].to_numpy()
+        if cls in (4, 6):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert np.isnan(b).all()
+    assert part.rounds.query("round < 3")["accuracy"].isna().all()
+    np.testing.assert_array_equal(part.confusion[:, -1], full.confusion[:, -1])
+    assert part.confusion[:, 0].sum() == 2 * 2 * 20  # 2 repeats x 2 classes x 20 test images
