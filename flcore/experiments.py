@@ -736,6 +736,12 @@ _ROUNDS_NOTE = ("The paper trains 200 rounds; a run with fewer rounds stops whil
                 "differ while the direction of each effect is what is compared.")  # fmt: skip
 
 
+def round_label(warm_start=0) -> str:
+    """x-axis label of per-round plots."""
+    warm = any(warm_start.values()) if isinstance(warm_start, dict) else bool(warm_start)
+    return "round after the clean warm-up" if warm else "round"
+
+
 def rounds_note(warm_start=0) -> str:
     """How this run's rounds relate to the paper's 200 (`warm_start`: int or per dataset)."""
     ws = {k: v for k, v in warm_start.items() if v} if isinstance(warm_start, dict) else warm_start

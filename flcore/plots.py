@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from flcore.experiments import DATASET_LABEL
 
@@ -66,7 +67,8 @@ def fig2_acc_vs_recall(final: pd.DataFrame):
     return fig
 
 
-def fig_recall_rounds(rounds: pd.DataFrame, break_round: int, hue: str = "setting", title: str = ""):
+def fig_recall_rounds(rounds: pd.DataFrame, break_round: int, hue: str = "setting", title: str = "",
+                      xlabel: str = "round"):  # fmt: skip
     """Figs 3, 4, 6: source recall per round (mean over repeats, band = ± sd), the break round
     marked by a vertical line; one panel per (dataset, src, tgt)."""
     groups = list(rounds.groupby(["dataset", "src", "tgt"], sort=True))
@@ -75,8 +77,9 @@ def fig_recall_rounds(rounds: pd.DataFrame, break_round: int, hue: str = "settin
         sns.lineplot(g, x="round", y="source_recall", hue=hue, errorbar="sd", ax=ax, marker="o",
                      markersize=3)  # fmt: skip
         ax.axvline(break_round, color="tab:blue", linestyle="--", linewidth=1.2)
-        ax.set(title=f"{title} {pair_title(d, s, t)}".strip(), xlabel="round",
+        ax.set(title=f"{title} {pair_title(d, s, t)}".strip(), xlabel=xlabel,
                ylabel="source class recall (%)", ylim=(0, 100))  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small", loc="lower left")
     fig.tight_layout()
     return fig
@@ -122,12 +125,16 @@ def fig7_recall_change(change: pd.DataFrame):
 
 def fig8_defense_pca(pca: pd.DataFrame):
     """Fig 8: the two principal components of the source-class updates, malicious × and
-    honest ○, one panel per (dataset, m), drawn for the first repeat of each (every repeat
-    has its own projection). With the detector's decision in the frame
+    honest ○, one panel per (dataset, m), drawn for one repeat of each (every repeat has its
+    own projection): the first with the most malicious updates, so that a panel shows
+    attackers whenever any run selected one. With the detector's decision in the frame
     (`experiments.pca_frame`: participant_flagged), updates of flagged participants are
     ringed in black and the title counts the flagged participants and the malicious among them."""
     if "repeat" in pca:
-        pca = pca[pca["repeat"] == pca.groupby(["dataset", "src", "tgt", "m"])["repeat"].transform("min")]
+        keys = ["dataset", "src", "tgt", "m"]
+        n_mal = pca.groupby(keys + ["repeat"], as_index=False)["malicious"].sum()
+        best = n_mal.sort_values(["malicious", "repeat"], ascending=[False, True]).drop_duplicates(keys)
+        pca = pca.merge(best[keys + ["repeat"]], on=keys + ["repeat"])
     groups = list(pca.groupby(["dataset", "src", "tgt", "m"], sort=True))
     fig, axes = _panels(len(groups), width=3.6, height=3.3, ncols=min(len(groups), 4))
     for ax, ((d, s, t, m), g) in zip(axes, groups):

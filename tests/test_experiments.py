@@ -147,3 +147,22 @@ def test_writers(tmp_path, final):
     assert "tabular" in paths[1].read_text()
     paths = ex.save_figure(plots.fig1_feasibility(final), "f1", tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_fig8_draws_the_repeat_with_the_most_malicious_updates():
+    """A run whose attacker was never selected says nothing about separation: Fig 8 draws,
+    per (pair, m), the first repeat with the most malicious updates."""
+    import matplotlib.pyplot as plt
+
+    from flcore import plots
+
+    rows = []
+    for rep, n_mal in ((0, 0), (1, 3), (2, 3)):
+        for i in range(10):
+            rows.append(dict(dataset="fmnist", src=4, tgt=6, m=0.1, repeat=rep, participant=i,
+                             pc1=float(i + 100 * rep), pc2=0.0, malicious=i < n_mal, separation=1.0))  # fmt: skip
+    fig = plots.fig8_defense_pca(pd.DataFrame(rows))
+    honest, mal = fig.axes[0].collections[:2]
+    assert len(mal.get_offsets()) == 3 and len(honest.get_offsets()) == 7
+    assert mal.get_offsets()[:, 0].min() == 100  # repeat 1, not 0 (none) or 2 (a later tie)
+    plt.close(fig)

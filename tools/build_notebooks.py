@@ -124,10 +124,10 @@ figure_pairs = [["fmnist", 4, 6]]  # pairs drawn in Figs 3 and 4 (early and late
              "summary = ex.timing_summary(rounds_df, break_round)\nsummary"),
     ("md", "## Fig 3: early poisoning (malicious participants only in rounds r < break)"),
     ("code", "fig = plots.fig_recall_rounds(rounds_df[rounds_df[\"setting\"].isin([\"none\", \"early\"])], break_round,\n"
-             "                              title=\"early poisoning\")\nex.save_figure(fig, \"fig3_early_poisoning\", out)\nplt.show()"),
+             "                              title=\"early poisoning\", xlabel=ex.round_label(warm_start))\nex.save_figure(fig, \"fig3_early_poisoning\", out)\nplt.show()"),
     ("md", "## Fig 4: late poisoning (malicious participants only in rounds r ≥ break)"),
     ("code", "fig = plots.fig_recall_rounds(rounds_df[rounds_df[\"setting\"].isin([\"none\", \"late\"])], break_round,\n"
-             "                              title=\"late poisoning\")\nex.save_figure(fig, \"fig4_late_poisoning\", out)\nplt.show()"),
+             "                              title=\"late poisoning\", xlabel=ex.round_label(warm_start))\nex.save_figure(fig, \"fig4_late_poisoning\", out)\nplt.show()"),
     ("md", "## Table 4: final source recall, ≥ 1 malicious participant in P_R vs none"),
     ("code", "t4 = ex.table4(late)\nex.save_table(t4, \"table4_final_source_recall\", out)\nt4"),
     ("md", "## Paper vs this run"),
@@ -161,7 +161,7 @@ fig6_m = 0.3  # the m whose rounds Fig 6 draws for the smallest and largest α
     ("md", "## Fig 6: source recall per round, lowest vs highest α"),
     ("code", "sel = av[av[\"m\"].round(4).eq(round(fig6_m, 4)) & av[\"alpha\"].isin([min(alphas), max(alphas)])]\n"
              "sel = sel.assign(α=sel[\"alpha\"].map(lambda a: f\"α={a:g}\"))\n"
-             "fig = plots.fig_recall_rounds(sel, break_round, hue=\"α\", title=f\"m={100 * fig6_m:g}%\")\n"
+             "fig = plots.fig_recall_rounds(sel, break_round, hue=\"α\", title=f\"m={100 * fig6_m:g}%\",\n                              xlabel=ex.round_label(warm_start))\n"
              "ex.save_figure(fig, \"fig6_alpha_rounds\", out)\nplt.show()"),
     ("md", "## Fig 7: change of source recall vs change in the number of malicious participants"),
     ("code", "change = ex.recall_change(av, break_round)\nfig = plots.fig7_recall_change(change)\n"
