@@ -1009,7 +1009,7 @@ def _load_image_folder(found: _Found, progress: bool):
         items = ((s, lab, fn, p.read_bytes()) for s, lab, fn, p in entries)
         total = len(entries)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # a text bar: widget bars are saved as a dead "0/N" by papermill
 
     decoded: list[tuple[str, int, str, np.ndarray]] = []
     exts = set()

@@ -20,7 +20,15 @@ from pathlib import Path
 from flcore.cli import command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("quick", "paper")
+PROFILES = ("quick", "paper")  # every notebook has a YAML in these; other params/<name>/ folders
+# (e.g. params/defense-cifar/) are extra profiles that run the notebooks they have a YAML for
+
+
+def profiles(root: Path = REPO_ROOT) -> list[str]:
+    """The profiles: params/<name>/ folders holding notebook YAML files (quick and paper first)."""
+    extra = sorted(p.name for p in (root / "params").iterdir()
+                   if p.is_dir() and p.name not in PROFILES and any(p.glob("[0-9][0-9]_*.yaml")))  # fmt: skip
+    return list(PROFILES) + extra
 
 
 class ParameterError(ValueError):
@@ -108,9 +116,13 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     import papermill
 
     params_dir = params_dir or root / "params" / profile
-    reports_dir = reports_dir or root / "reports" / profile
-    reports_dir.mkdir(parents=True, exist_ok=True)
+    # a seed other than the profile's: outputs go to <profile>-seed<N>, never over the profile's
+    seed = (extra or {}).get("seed")
+    out_name = profile if seed is None else f"{profile}-seed{seed}"
+    reports_dir = reports_dir or root / "reports" / out_name
     nbs = notebooks(root)
+    if profile not in PROFILES:  # an extra profile runs the notebooks it has parameters for
+        nbs = [p for p in nbs if (params_dir / f"{p.stem}.yaml").exists()]
     if only:
         unknown = [o for o in only if not any(p.name.startswith(o) for p in nbs)]
         if unknown:
@@ -121,9 +133,10 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     plan = []
     for nb in nbs:
         y = params_dir / f"{nb.stem}.yaml"
-        plan.append((nb, load_parameters(y, nb, device=device, profile=profile, **(extra or {}))))
+        plan.append((nb, load_parameters(y, nb, device=device, **{**(extra or {}), "profile": out_name})))
+    reports_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    figures = root / "figures" / profile
+    figures = root / "figures" / out_name
     before = {p: p.stat().st_mtime for p in figures.glob("*")} if figures.exists() else {}
     t_all = time.perf_counter()
     for i, (nb, params) in enumerate(plan, 1):
@@ -155,15 +168,21 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
 def cmd_reproduce(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flcore reproduce",
                                 description="Execute the workbook's notebooks with papermill.")  # fmt: skip
-    p.add_argument("--profile", default="quick", choices=PROFILES,
-                   help="quick: minutes on a CPU; paper: the paper's full setting (GPU/cluster)")  # fmt: skip
+    p.add_argument("--profile", default="quick", choices=profiles(),
+                   help="quick: minutes on a CPU; paper: the paper's full setting (GPU/cluster); "
+                        "others: the params/<name>/ folders, running the notebooks they have")  # fmt: skip
+    p.add_argument("--seed", type=int, default=None,
+                   help="run with this seed instead of the profile's (a fresh-seed check); "
+                        "outputs go to figures/<profile>-seed<N>/ and reports/<profile>-seed<N>/")  # fmt: skip
     p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                    help="override the notebooks' device parameter")  # fmt: skip
     a = p.parse_args(argv)
     only = [o.strip() for o in a.only.split(",") if o.strip()] if a.only else None
     try:
-        written = execute(a.profile, only, a.device)
+        if a.seed is not None and a.seed < 0:
+            raise ParameterError(f"--seed {a.seed}: the seed must be >= 0")
+        written = execute(a.profile, only, a.device, extra={"seed": a.seed} if a.seed is not None else None)
     except (ParameterError, RuntimeError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

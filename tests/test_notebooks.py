@@ -16,7 +16,7 @@ from flcore.reproduce import REPO_ROOT, ParameterError, execute, load_parameters
 pytestmark = pytest.mark.slow
 
 TINY_COMMON = {"n_train": {"fmnist": 500, "cifar10": 500}, "n_test": {"fmnist": 200, "cifar10": 200},
-                   "rounds": 3, "seed": 0, "precision": "fp32"}  # fmt: skip
+                   "rounds": 3, "seed": 0, "precision": "fp32", "warm_start": {"fmnist": 2}}  # fmt: skip
 TINY = {
     "01_feasibility": {"repeats": 2, "baseline_repeats": 3, "pairs": [["fmnist", 4, 6], ["fmnist", 6, 0]],
                            "m_values": [0.0, 0.1, 0.5], "fig1_pairs": [["fmnist", 4, 6]]},
@@ -130,6 +130,10 @@ def test_baseline_trained_once(workbook):
     from flcore.store import Store
 
     finals = Store(workbook[0] / "results").table("final")
+    # the clean warm-up (keep_model) trains once for every notebook of the same data subset
+    warm = finals["keep_model"].astype(bool)
+    assert finals.loc[warm, "key"].nunique() == 1 and (finals.loc[~warm, "warm_start"] == 2).all()
+    finals = finals[~warm]
     # 06 runs its own m = 0 runs per defense (on the attacked pair); the shared one has no defense
     plain = (finals["m"] == 0) & finals["defense"].isna() & (finals["aggregator"] == "fedavg")
     shared = plain & (finals["src"] == ex.BASELINE_PAIR[0]) & (finals["tgt"] == ex.BASELINE_PAIR[1])
@@ -148,3 +152,19 @@ def test_unknown_parameter_names_it(tmp_path):
 def test_recall_in_range(workbook):
     t = _table(workbook, "table4_final_source_recall")
     assert np.all((t["mean"].dropna() >= 0) & (t["mean"].dropna() <= 100))
+
+
+def test_seed_override_writes_beside_the_profile(tmp_path):
+    """A fresh-seed check (`reproduce --seed N`) writes to <profile>-seed<N>, never over the
+    profile's own figures, and the notebooks run with that seed."""
+    params = tmp_path / "params"
+    params.mkdir()
+    (params / "02_targeting.yaml").write_text(yaml.safe_dump(TINY_COMMON | TINY["02_targeting"]))
+    extra = {"output_dir": str(tmp_path / "figures"), "results": str(tmp_path / "results"), "seed": 3}
+    execute("test", only=["02"], root=REPO_ROOT, params_dir=params, reports_dir=tmp_path / "reports",
+            extra=extra, log=lambda *a, **k: None)  # fmt: skip
+    assert (tmp_path / "figures" / "test-seed3" / "table3_targeting.csv").exists()
+    assert not (tmp_path / "figures" / "test").exists()
+    from flcore.store import Store
+
+    assert set(Store(tmp_path / "results").table("final")["seed"]) == {3}
