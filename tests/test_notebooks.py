@@ -168,3 +168,18 @@ def test_seed_override_writes_beside_the_profile(tmp_path):
     from flcore.store import Store
 
     assert set(Store(tmp_path / "results").table("final")["seed"]) == {3}
+
+
+def test_every_committed_profile_matches_its_notebooks():
+    """Each params/<profile>/NN_*.yaml names only parameters its notebook has, and quick and
+    paper cover every notebook (the run would otherwise stop at that notebook)."""
+    from flcore.reproduce import PROFILES, profiles
+
+    assert set(PROFILES) <= set(profiles()) and "defense-cifar" in profiles()
+    for prof in profiles():
+        for nb in notebooks(REPO_ROOT):
+            y = REPO_ROOT / "params" / prof / f"{nb.stem}.yaml"
+            if prof in PROFILES:
+                assert y.exists(), f"{prof} has no parameters for {nb.name}"
+            if y.exists():
+                load_parameters(y, nb, profile=prof)
