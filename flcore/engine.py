@@ -307,13 +307,15 @@ def local_schedule(cfg: Config, share: torch.Tensor, repeat: int, rnd: int, part
     return order, flips, offsets
 
 
-def _test_set(cfg: Config, x_test: torch.Tensor, y_test: torch.Tensor, rnd: int):
-    """The test images evaluated in round `rnd`: all in the last round (and without
-    `eval_classes`), else only those of `eval_classes`."""
-    if cfg.eval_classes is None or rnd == cfg.rounds:
-        return x_test, y_test
+def _test_sets(cfg: Config, x_test: torch.Tensor, y_test: torch.Tensor):
+    """round -> the test images (x, y) evaluated in that round: all in the last round (and
+    without `eval_classes`), else only those of `eval_classes` (selected once per run)."""
+    full = (x_test, y_test)
+    if cfg.eval_classes is None:
+        return lambda rnd: full
     keep = torch.isin(y_test, torch.tensor(cfg.eval_classes, device=y_test.device))
-    return x_test[keep], y_test[keep]
+    part = (x_test[keep], y_test[keep])
+    return lambda rnd: full if rnd == cfg.rounds else part
 
 
 def _confusion(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -513,6 +515,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     eval_rounds = np.asarray(cfg.eval_rounds())
+    test_set = _test_sets(cfg, x_test, y_test)
     R, T, k = cfg.repeats, cfg.rounds, cfg.k
     confusion = np.zeros((R, len(eval_rounds), NUM_CLASSES, NUM_CLASSES), np.int64)
     losses = np.zeros((R, T))
@@ -552,7 +555,8 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 returned.append({kk: v.detach().clone() for kk, v in model.state_dict().items()})
                 if updates is not None:
                     delta = returned[-1][w_name] - global_state[w_name]
-                    updates[j, r - 1, s] = _update_rows(cfg, delta).cpu().numpy()
+                    one = _update_rows(cfg, delta[None, None], torch.tensor([cfg.src], device=delta.device))
+                    updates[j, r - 1, s] = one[0, 0].cpu().numpy()
             local = {kk: torch.stack([st[kk] for st in returned]).unsqueeze(0) for kk in returned[0]}
             one = aggregate(r, {kk: v.unsqueeze(0) for kk, v in global_state.items()}, local, [j])
             global_state = {kk: v[0] for kk, v in one.items()}
@@ -562,7 +566,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 model.load_state_dict(global_state)
                 model.eval()
                 preds = []
-                xt, yt = _test_set(cfg, x_test, y_test, r)
+                xt, yt = test_set(r)
                 with torch.no_grad(), _autocast(device, precision):
                     for b in range(0, len(yt), 1000):
                         preds.append(model(normalize(xt[b : b + 1000], data.mean, data.std, dtype)).argmax(1))
@@ -591,9 +595,12 @@ def _updates_buffer(cfg: Config) -> np.ndarray | None:
     return np.zeros((cfg.repeats, cfg.rounds, cfg.k, rows, features), np.float32)
 
 
-def _update_rows(cfg: Config, delta: torch.Tensor) -> torch.Tensor:
-    """Output-layer weight update [..., C, F] -> the rows that are recorded."""
-    return delta[..., cfg.src : cfg.src + 1, :] if cfg.record_updates == "source" else delta
+def _update_rows(cfg: Config, delta: torch.Tensor, srcs: torch.Tensor) -> torch.Tensor:
+    """Output-layer weight updates [R, k, C, F] of R federations -> the recorded rows
+    [R, k, C', F]: each federation's own source row `srcs[i]` ("source"), or all."""
+    if cfg.record_updates != "source":
+        return delta
+    return delta[torch.arange(len(srcs), device=delta.device), :, srcs].unsqueeze(2)
 
 
 # ------------------------------------------------------------------------------------------
@@ -605,7 +612,8 @@ def _eval_chunk(G: int, first_channels: int, hw: int) -> int:
     """Test images per batched evaluation pass.
 
     Keeps the first activation near 4 Mi elements: small enough to stay in cache, which on
-    CPU makes the stacked pass 2-3x faster than large batches (benchmarks/engine_speed.py).
+    CPU made the stacked pass 2-3x faster than large batches (a one-off measurement, see
+    README "Performance"; engine_speed.py times the whole round, not this choice).
     """
     return int(max(8, min(1000, 4 * 2**20 // (G * first_channels * hw))))
 
@@ -627,6 +635,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     std = torch.tensor(data.std, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
     mean_e, std_e = mean[:, : R * C], std[:, : R * C]
     eval_rounds = np.asarray(cfg.eval_rounds())
+    test_set = _test_sets(cfg, x_test, y_test)
     confusion = np.zeros((R, len(eval_rounds), NUM_CLASSES, NUM_CLASSES), np.int64)
     losses = np.zeros((R, T))
     diverged_at = np.full(R, T + 1)
@@ -714,9 +723,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         with torch.no_grad():
             if updates is not None:
                 delta = state[w_name].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
-                if cfg.record_updates == "source":  # each federation's own source row
-                    delta = delta[torch.arange(R, device=device), :, src_t[::k, 0]].unsqueeze(2)
-                updates[:, r - 1] = delta.cpu().numpy()
+                updates[:, r - 1] = _update_rows(cfg, delta, src_t[::k, 0]).cpu().numpy()
             local = {kk: v.view(R, k, *v.shape[1:]) for kk, v in state.items()}
             glob = aggregate(r, glob, local, list(range(R)))
             finite = torch.stack([torch.isfinite(glob[kk]).view(R, -1).all(1) for kk in fkeys]).all(0)
@@ -726,7 +733,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
             # --- evaluation of every repeat's global model in one pass ----------------------
             if r in eval_rounds:
                 preds = []
-                xt, yt = _test_set(cfg, x_test, y_test, r)
+                xt, yt = test_set(r)
                 with _autocast(device, precision):
                     for b in range(0, len(yt), chunk):
                         xe = xt[b : b + chunk]
@@ -936,7 +943,12 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result
     store = None if st is None else st.path
     if data is None and cfgs[0].warm_start:
         data = load_dataset(cfgs[0].dataset, root=data_root, progress=False)
-    starts = [warm_state(c, store=store, data=data, data_root=data_root, progress=progress) for c in cfgs]
+    keys = [store_key(pretrain_config(c)) if c.warm_start else "" for c in cfgs]
+    warm: dict[str, dict | None] = {}  # one load (or training) per distinct warm-up
+    for c, key in zip(cfgs, keys):
+        if key not in warm:
+            warm[key] = warm_state(c, store=store, data=data, data_root=data_root, progress=progress)
+    starts = [warm[key] for key in keys]
     data_sub = load_data(cfgs[0], data, data_root)
     plans = [make_plan(c, data_sub, w) for c, w in zip(cfgs, starts)]
     feds = [(c, pl, j) for c, pl in zip(cfgs, plans) for j in range(c.repeats)]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_data import EvilSystem, cifar_batch, corrupt_case, make_cifar_py, make_fmnist
+from test_data import EvilSystem, corrupt_case, make_evil_cifar, make_fmnist
 from test_sweep import TINY, env, needs_fmnist
 
 import flcore.sweep as S
@@ -255,12 +254,7 @@ def test_damaged_dataset_on_the_command_line(tmp_path, no_data, capsys):
 
 
 def test_cifar_pickle_with_foreign_global_is_refused(tmp_path, no_data):
-    target = tmp_path / "pwned.txt"
-    d = tmp_path / "src" / "cifar-10-batches-py"
-    make_cifar_py(d)
-    bad = cifar_batch(6, 0)
-    bad[b"data"] = EvilSystem(target)
-    (d / "data_batch_2").write_bytes(pickle.dumps(bad, protocol=2))
+    _, target = make_evil_cifar(tmp_path, EvilSystem, 2)
     results = tmp_path / "results"
     cfg = {"dataset": "cifar10", "num_participants": 10, "k": 2, "rounds": 1}
     with pytest.raises(DatasetFormatError, match="refusing to load.*system") as ei:

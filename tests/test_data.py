@@ -404,15 +404,22 @@ class EvilExec:
         return (exec, (f"open({str(self.target)!r}, 'w').write('pwned')",))
 
 
-@pytest.mark.parametrize("evil_cls,global_name", [(EvilSystem, "system"), (EvilExec, "exec")])
-@pytest.mark.parametrize("as_tar", [False, True])
-def test_cifar_malicious_pickle_refused(tmp_path, evil_cls, global_name, as_tar):
+def make_evil_cifar(tmp_path, evil_cls, batch: int) -> tuple:
+    """A CIFAR-10 python folder under tmp_path/src whose data_batch_<batch> is a pickle that
+    would run `evil_cls`'s payload (writing tmp_path/pwned.txt). Returns (folder, target)."""
     target = tmp_path / "pwned.txt"
     d = tmp_path / "src" / "cifar-10-batches-py"
     make_cifar_py(d)
     bad = cifar_batch(6, 0)
     bad[b"data"] = evil_cls(target)
-    (d / "data_batch_3").write_bytes(pickle.dumps(bad, protocol=2))
+    (d / f"data_batch_{batch}").write_bytes(pickle.dumps(bad, protocol=2))
+    return d, target
+
+
+@pytest.mark.parametrize("evil_cls,global_name", [(EvilSystem, "system"), (EvilExec, "exec")])
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_cifar_malicious_pickle_refused(tmp_path, evil_cls, global_name, as_tar):
+    d, target = make_evil_cifar(tmp_path, evil_cls, 3)
     if as_tar:
         root = tmp_path / "root"
         root.mkdir()

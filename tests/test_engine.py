@@ -245,3 +245,18 @@ def test_eval_classes_evaluates_earlier_rounds_on_those_classes_only(fmnist):
     assert part.rounds.query("round < 3")["accuracy"].isna().all()
     np.testing.assert_array_equal(part.confusion[:, -1], full.confusion[:, -1])
     assert part.confusion[:, 0].sum() == 2 * 2 * 20  # 2 repeats x 2 classes x 20 test images
+
+
+def test_run_many_loads_each_warm_up_once(fmnist, monkeypatch):
+    """A batch of warm-started configs needs its warm-up model once, not once per config."""
+    from flcore import engine
+    from flcore.engine import run_many
+
+    calls = []
+    real = engine.warm_state
+    monkeypatch.setattr(engine, "warm_state", lambda cfg, **kw: calls.append(cfg) or real(cfg, **kw))
+    base = tiny(rounds=1, warm_start=1, record_updates="none")
+    many = run_many([base, base.replace(m=0.4), base.replace(src=1, tgt=3)], store=None, data=fmnist,
+                    progress=False)  # fmt: skip
+    assert many[0].meta["batched_with"] == 3
+    assert len([c for c in calls if c.warm_start]) == 1  # (the warm-up run itself asks with warm_start=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sweep import TINY, assert_same_entry, entry_ids, env, needs_fmnist
+from test_sweep import TINY, assert_same_entry, entry_ids, env, needs_fmnist, wait_for_entries
 
 import flcore.sweep as S
 from flcore.engine import run
@@ -39,11 +39,7 @@ def test_sigkill_sweep_process_then_resume(tmp_path):
         cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if results.exists() and len(Store(results).keys()) >= 2:
-                break
-            time.sleep(0.02)
+        wait_for_entries(proc, results, 2, timeout=120, poll=0.02)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     finally:
         proc.send_signal(signal.SIGKILL)

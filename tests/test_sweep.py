@@ -55,6 +55,15 @@ def assert_same_entry(a, b) -> None:
     assert a.meta["status"] == b.meta["status"]
 
 
+def wait_for_entries(proc, path: Path, n: int, timeout: float, poll: float = 0.05) -> None:
+    """Wait while `proc` runs until the store at `path` holds at least `n` entries (or timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(Store(path).keys()) >= n:
+            return
+        time.sleep(poll)
+
+
 def entry_ids(path: Path) -> dict[str, tuple]:
     """key -> (inode, manifest bytes): changes if an entry is rewritten."""
     st = Store(path)
@@ -181,11 +190,7 @@ def test_local_cluster_sweep_killed_and_resumed_matches_in_process(tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and proc.poll() is None:
-            if path.exists() and len(Store(path).keys()) >= 3:
-                break
-            time.sleep(0.05)
+        wait_for_entries(proc, path, 3, timeout=150)
         assert proc.poll() is None, (
             "the sweep finished (or failed) before it could be killed: "
             + proc.stderr.read().decode()[-2000:]
