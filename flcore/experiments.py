@@ -27,7 +27,7 @@ import pandas as pd
 
 from flcore.config import NUM_CLASSES, Config
 from flcore.engine import Result, run_many
-from flcore.metrics import class_recall
+from flcore.metrics import final_metrics, mean_std, source_recall_loss, targeting_deltas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,27 +168,23 @@ def _ok_repeats(res: Result) -> np.ndarray:
 
 
 def final_frame(res: Result, src: int | None = None, tgt: int | None = None) -> pd.DataFrame:
-    """One row per non-diverged repeat: final accuracy and class recalls of `res`.
+    """One row per non-diverged repeat: final accuracy and class recalls of `res`
+    (`flcore.metrics.final_metrics`), the study keys and n_mal_last.
 
     src, tgt: read the metrics for this pair instead of the config's (for the baseline).
     """
     cfg = res.config
     s, t = (cfg.src if src is None else src), (cfg.tgt if tgt is None else tgt)
-    conf = np.asarray(res.confusion)[:, -1]  # [R, C, C]
-    rec = class_recall(conf)
-    last = res.selected[:, -1]  # [R, k]
+    fm = final_metrics(res, s, t).set_index("repeat")
     mal = np.zeros((cfg.repeats, cfg.num_participants), bool)
     for j in range(cfg.repeats):
         mal[j, res.malicious[j]] = True
-    n_mal_last = mal[np.arange(cfg.repeats)[:, None], last].sum(1)
+    n_mal_last = mal[np.arange(cfg.repeats)[:, None], res.selected[:, -1]].sum(1)
+    cols = ["accuracy", *(f"recall_{c}" for c in range(NUM_CLASSES)), "source_recall", "target_recall"]
     rows = []
     for j in _ok_repeats(res):
-        row = _keys(cfg, s, t) | {"repeat": int(j)}
-        row["accuracy"] = 100.0 * np.trace(conf[j]) / max(conf[j].sum(), 1)
-        for c in range(NUM_CLASSES):
-            row[f"recall_{c}"] = rec[j, c]
-        row |= {"source_recall": rec[j, s], "target_recall": rec[j, t],
-                "m_cnt": int(conf[j, s, t]), "n_mal_last": int(n_mal_last[j])}  # fmt: skip
+        row = _keys(cfg, s, t) | {"repeat": int(j)} | fm.loc[j, cols].to_dict()
+        row |= {"m_cnt": int(fm.loc[j, "m_cnt"]), "n_mal_last": int(n_mal_last[j])}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -486,11 +482,6 @@ def agreement_comparison(table: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def _summary(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    g = df.groupby(by, sort=True, dropna=False)[value]
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "runs": g.count()}).reset_index()
-
-
 def _with_baseline(final: pd.DataFrame) -> pd.DataFrame:
     """Poisoned rows of a final frame joined with the same pair's baseline, per repeat.
 
@@ -520,8 +511,8 @@ def table2(final: pd.DataFrame) -> pd.DataFrame:
     Tidy: dataset, src, tgt, setting, m, mean, std, runs, m_cnt (mean over clean repeats).
     """
     j = _with_baseline(final)
-    j["loss"] = j["source_recall_clean"] - j["source_recall"]
-    t = _summary(j, ["dataset", "src", "tgt", "m"], "loss")
+    j["loss"] = source_recall_loss(j["source_recall_clean"], j["source_recall"])
+    t = mean_std(j, ["dataset", "src", "tgt", "m"], "loss")
     cnt = final[final["m"] == 0].groupby(["dataset", "src", "tgt"])["m_cnt"].mean().rename("m_cnt")
     t = t.merge(cnt.reset_index(), on=["dataset", "src", "tgt"], how="left")
     t.insert(3, "setting", [setting_label(m) for m in t["m"]])
@@ -541,14 +532,12 @@ def table3(final: pd.DataFrame, m: float = 0.10) -> pd.DataFrame:
                          f"{sorted(final['m'].unique())})")  # fmt: skip
     rows = []
     for _, r in j.iterrows():
-        d = np.array([r[f"recall_{c}"] - r[f"recall_{c}_clean"] for c in range(NUM_CLASSES)])
-        others = [c for c in range(NUM_CLASSES) if c not in (r["src"], r["tgt"])]
-        vals = {"delta_source": d[r["src"]], "delta_target": d[r["tgt"]],
-                "delta_others_sum": d[others].sum()}  # fmt: skip
-        for k, v in vals.items():
+        clean = [r[f"recall_{c}_clean"] for c in range(NUM_CLASSES)]
+        poisoned = [r[f"recall_{c}"] for c in range(NUM_CLASSES)]
+        for k, v in targeting_deltas(clean, poisoned, r["src"], r["tgt"]).items():
             rows.append({"dataset": r["dataset"], "src": r["src"], "tgt": r["tgt"], "setting": k,
-                         "m": r["m"], "repeat": r["repeat"], "value": v})  # fmt: skip
-    t = _summary(pd.DataFrame(rows), ["dataset", "src", "tgt", "setting", "m"], "value")
+                         "m": r["m"], "repeat": r["repeat"], "value": float(v)})  # fmt: skip
+    t = mean_std(pd.DataFrame(rows), ["dataset", "src", "tgt", "setting", "m"], "value")
     t["setting"] = pd.Categorical(t["setting"], TABLE3_SETTINGS, ordered=True)
     t = t.sort_values(["dataset", "src", "tgt", "setting"]).reset_index(drop=True)
     t["setting"] = t["setting"].astype(str)
@@ -583,7 +572,7 @@ def availability_per_repeat(rounds: pd.DataFrame, break_round: int) -> pd.DataFr
 def availability_table(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
     """Fig 5's numbers: mean/std/runs over repeats of `availability_per_repeat`."""
     per = availability_per_repeat(rounds, break_round)
-    t = _summary(per, ["dataset", "src", "tgt", "m", "alpha"], "source_recall")
+    t = mean_std(per, ["dataset", "src", "tgt", "m", "alpha"], "source_recall")
     t.insert(3, "setting", [setting_label(m, "availability", a) for m, a in zip(t["m"], t["alpha"])])
     return t
 
@@ -602,7 +591,7 @@ def recall_change(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
     df["gap"] = g["round"].diff()
     df = df[(df["round"] >= break_round) & (df["gap"] == 1)].dropna(subset=["delta_recall"])
     df["delta_malicious"] = df["delta_malicious"].astype(int)
-    return _summary(df, ["dataset", "src", "tgt", "delta_malicious"], "delta_recall")
+    return mean_std(df, ["dataset", "src", "tgt", "delta_malicious"], "delta_recall")
 
 
 def pca_frame(results: Sequence[Result], rounds_from: int = 1, how: str = "mean") -> pd.DataFrame:

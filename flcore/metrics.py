@@ -60,28 +60,31 @@ def targeting_deltas(clean_recall: np.ndarray, poisoned_recall: np.ndarray, src:
     }
 
 
-def final_metrics(result) -> pd.DataFrame:
+def final_metrics(result, src: int | None = None, tgt: int | None = None) -> pd.DataFrame:
     """Per repeat of a `flcore.engine.Result`: final accuracy, every class recall, m_cnt(src→tgt).
 
     One row per repeat: repeat, accuracy, recall_0 … recall_9, m_cnt, source_recall,
-    target_recall, diverged.
+    target_recall, diverged (values NaN for a diverged repeat). src, tgt: this pair instead
+    of the config's (a clean baseline serves every pair).
     """
     cfg = result.config
-    conf = result.confusion[:, -1]  # [R, C, C]
+    src = cfg.src if src is None else src
+    tgt = cfg.tgt if tgt is None else tgt
+    conf = np.asarray(result.confusion)[:, -1]  # [R, C, C]
     rec = class_recall(conf)
     out = pd.DataFrame({"repeat": np.arange(len(conf)), "accuracy": accuracy(conf)})
     for c in range(rec.shape[-1]):
         out[f"recall_{c}"] = rec[:, c]
-    out["m_cnt"] = misclassification_count(conf, cfg.src, cfg.tgt)
-    out["source_recall"] = rec[:, cfg.src]
-    out["target_recall"] = rec[:, cfg.tgt]
-    final = result.final().set_index("repeat")
-    out["diverged"] = final.loc[out["repeat"], "diverged"].values
+    out["m_cnt"] = misclassification_count(conf, src, tgt)
+    out["source_recall"] = rec[:, src]
+    out["target_recall"] = rec[:, tgt]
+    out["diverged"] = np.isin(out["repeat"], result.meta.get("diverged_repeats", []))
     out.loc[out["diverged"], [c for c in out.columns if c not in ("repeat", "diverged")]] = np.nan
     return out
 
 
 def mean_std(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    """Tidy mean, sample std and run count of `value` per group (NaN rows are not counted)."""
-    g = df.groupby(by, sort=True)[value]
+    """Tidy mean, sample std and run count of `value` per group (NaN values are not counted;
+    NaN keys, e.g. alpha of a non-availability run, form their own group)."""
+    g = df.groupby(by, sort=True, dropna=False)[value]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "runs": g.count()}).reset_index()
