@@ -55,6 +55,7 @@ from flcore.data import (
     partition_dirichlet,
     partition_iid,
 )
+from flcore.metrics import final_metrics
 from flcore.models import (
     ARCHITECTURES,
     build_model,
@@ -172,20 +173,9 @@ class Result:
     model: dict[str, np.ndarray] | None = None
 
     def final(self) -> pd.DataFrame:
-        """One row per repeat: the last round's accuracy and source/target recall (%)."""
-        last = int(self.eval_rounds[-1])
-        rec = self.recall[self.recall["round"] == last].pivot(index="repeat", columns="cls", values="recall")
-        rows = self.rounds[self.rounds["round"] == last].set_index("repeat")
-        out = pd.DataFrame(
-            {
-                "repeat": rec.index.values,
-                "accuracy": rows.loc[rec.index, "accuracy"].values,
-                "source_recall": rec[self.config.src].values,
-                "target_recall": rec[self.config.tgt].values,
-                "diverged": rows.loc[rec.index, "diverged"].values,
-            }
-        )
-        return out
+        """One row per repeat: the last round's accuracy and source/target recall (%), NaN for
+        a diverged repeat (`flcore.metrics.final_metrics` has every class)."""
+        return final_metrics(self)[["repeat", "accuracy", "source_recall", "target_recall", "diverged"]]
 
     def summary(self) -> pd.DataFrame:
         """Final accuracy and source recall, mean and std over the non-diverged repeats."""
