@@ -55,7 +55,7 @@ from flcore.data import (
     partition_dirichlet,
     partition_iid,
 )
-from flcore.metrics import final_metrics
+from flcore.metrics import confusion_counts, final_metrics
 from flcore.models import (
     ARCHITECTURES,
     build_model,
@@ -308,15 +308,6 @@ def _test_sets(cfg: Config, x_test: torch.Tensor, y_test: torch.Tensor):
     return lambda rnd: full if rnd == cfg.rounds else part
 
 
-def _confusion(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """[..., n] true and predicted labels -> int64 [..., C, C]."""
-    lead = pred.shape[:-1]
-    flat = (y * NUM_CLASSES + pred).reshape(-1, pred.shape[-1])
-    offs = torch.arange(flat.shape[0], device=flat.device).unsqueeze(1) * NUM_CLASSES**2
-    counts = torch.bincount((flat + offs).reshape(-1), minlength=flat.shape[0] * NUM_CLASSES**2)
-    return counts.view(*lead, NUM_CLASSES, NUM_CLASSES)
-
-
 def _frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarray,
             losses: np.ndarray, diverged_at: np.ndarray):  # fmt: skip
     """Tidy per-round and per-class frames from the raw arrays."""
@@ -560,7 +551,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 with torch.no_grad(), _autocast(device, precision):
                     for b in range(0, len(yt), 1000):
                         preds.append(model(normalize(xt[b : b + 1000], data.mean, data.std, dtype)).argmax(1))
-                confusion[j, e] = _confusion(yt, torch.cat(preds)).cpu().numpy()
+                confusion[j, e] = confusion_counts(yt, torch.cat(preds)).cpu().numpy()
                 e += 1
             if progress is not None:
                 progress.update(1)
@@ -731,7 +722,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                         xe = xe.contiguous(memory_format=cl)
                         preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
                 pred = torch.cat(preds, dim=1)  # [R, n_test]
-                confusion[:, e] = _confusion(yt.expand(R, -1), pred).cpu().numpy()
+                confusion[:, e] = confusion_counts(yt.expand(R, -1), pred).cpu().numpy()
                 e += 1
         if progress is not None:
             progress.update(1)

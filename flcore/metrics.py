@@ -10,15 +10,23 @@ import pandas as pd
 import torch
 
 
+def confusion_counts(y: torch.Tensor, pred: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """[..., n] true and predicted labels -> int64 [..., C, C] counts, on their device (the
+    engines count every repeat's test predictions in one call)."""
+    if y.shape != pred.shape:
+        raise ValueError(f"y_true {tuple(y.shape)} and y_pred {tuple(pred.shape)} differ in shape")
+    lead = pred.shape[:-1]
+    flat = (y * num_classes + pred).reshape(-1, pred.shape[-1])
+    offs = torch.arange(flat.shape[0], device=flat.device).unsqueeze(1) * num_classes**2
+    counts = torch.bincount((flat + offs).reshape(-1), minlength=flat.shape[0] * num_classes**2)
+    return counts.view(*lead, num_classes, num_classes)
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
-    """int64 [C, C] counts of (true, predicted) pairs."""
-    y_true = np.asarray(torch.as_tensor(y_true).cpu(), dtype=np.int64)
-    y_pred = np.asarray(torch.as_tensor(y_pred).cpu(), dtype=np.int64)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
+    """int64 [C, C] counts of (true, predicted) pairs (arrays, lists or tensors)."""
+    y_true = torch.as_tensor(np.asarray(torch.as_tensor(y_true).cpu(), dtype=np.int64))
+    y_pred = torch.as_tensor(np.asarray(torch.as_tensor(y_pred).cpu(), dtype=np.int64))
+    return confusion_counts(y_true, y_pred, num_classes).numpy()
 
 
 def accuracy(confusion: np.ndarray) -> np.ndarray:

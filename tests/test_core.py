@@ -181,3 +181,18 @@ def test_selection_draws_are_reproducible():
     a = [s(r, np.random.default_rng(7)) for r in range(3)]
     b = [s(r, np.random.default_rng(7)) for r in range(3)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_confusion_counts_batched_and_single():
+    """One counter for the engines (batched tensors) and for users (arrays): hand-counted."""
+    from flcore.metrics import confusion_counts, confusion_matrix
+
+    y = torch.tensor([[0, 0, 1, 2], [2, 2, 2, 1]])
+    pred = torch.tensor([[0, 1, 1, 2], [2, 0, 2, 1]])
+    c = confusion_counts(y, pred, num_classes=3)
+    assert c.shape == (2, 3, 3)
+    assert c[0].tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert c[1].tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 2]]
+    np.testing.assert_array_equal(confusion_matrix([2, 2, 2, 1], [2, 0, 2, 1], num_classes=3), c[1].numpy())
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_matrix([0, 1], [0], num_classes=3)
