@@ -16,7 +16,7 @@ experiment-round (one repeat x one round):
 Each measurement runs in its own process (clean peak memory, no warm caches shared).
 The last line per dataset is machine-readable (`RESULT ...`).
 
-    python benchmarks/engine_speed.py [--datasets fmnist,cifar10] [--rounds 2]
+    python benchmarks/engine_speed.py [--datasets fmnist,cifar10] [--rounds 2] [--ideal-only]
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="fmnist,cifar10")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds per measurement")
+    ap.add_argument("--ideal-only", action="store_true",
+                    help="only the practical limit (the machine's ideal experiment-round)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -131,6 +133,11 @@ def main() -> None:
         print(f"# WARNING: load average {load:.2f} before the benchmark: the machine is not idle")
     for ds in a.datasets.split(","):
         base = dict(dataset=ds, rounds=a.rounds)
+        if a.ideal_only:
+            ideal = measure(dict(base, kind="ideal"))
+            print(f"{ds}: ideal (practical limit)           {ideal['ideal_s']:8.3f} s/experiment-round")
+            print(f"RESULT dataset={ds} cpu={cpu} capability={cap} ideal_s={ideal['ideal_s']:.4f}", flush=True)
+            continue
         seq = measure(dict(base, kind="run", engine="reference", precision="fp32", repeats=1, rounds=1))
         print(f"{ds}: sequential reference fp32      {seq['s_per_exp_round']:8.3f} s/experiment-round", flush=True)
         f1 = measure(dict(base, kind="run", engine="fast", precision="auto", repeats=1))

@@ -110,14 +110,17 @@ def resolve_precision(precision: str, device: str) -> str:
     """`auto` picks bf16 autocast only where the hardware runs it fast.
 
     CUDA: GPUs with native bf16. CPU: AMX (Sapphire Rapids and later) or AVX512-BF16 (e.g. AMD
-    Zen 4); on AVX2-only CPUs bf16 is emulated and several times slower than fp32.
+    Zen 4); on AVX2-only CPUs bf16 is emulated and several times slower than fp32. PyTorch kernels
+    limited to AVX2 (`ATEN_CPU_CAPABILITY=avx2`, as `benchmarks/avx2_emulation.sh` sets to mimic
+    the AVX2-only machine kind) count as AVX2-only.
     """
     if precision != "auto":
         return precision
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    flags = cpu_flags()
-    return "bf16" if {"amx_bf16", "avx512_bf16"} & flags else "fp32"
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2", "NO AVX"):
+        return "fp32"
+    return "bf16" if {"amx_bf16", "avx512_bf16"} & cpu_flags() else "fp32"
 
 
 def _dtype(precision: str) -> torch.dtype:

@@ -57,7 +57,10 @@ def targeting_deltas(clean_recall: np.ndarray, poisoned_recall: np.ndarray, src:
     """Table 3's changes due to poisoning (percentage points, poisoned minus clean).
 
     clean_recall, poisoned_recall: per-class recall [C] (or [..., C], reduced over leading
-    axes by the caller). Returns source, target and the summed change over the other classes.
+    axes by the caller). Returns the change of the source recall, of the target recall, and
+    two readings of "the recall of all remaining classes": the summed change over the other
+    classes (SPEC's reading) and their mean change, which is the change of their pooled recall
+    on a class-balanced test set (every test set and subset here is class-balanced).
     """
     d = np.asarray(poisoned_recall, dtype=float) - np.asarray(clean_recall, dtype=float)
     others = [c for c in range(d.shape[-1]) if c not in (src, tgt)]
@@ -65,6 +68,7 @@ def targeting_deltas(clean_recall: np.ndarray, poisoned_recall: np.ndarray, src:
         "delta_source": d[..., src],
         "delta_target": d[..., tgt],
         "delta_others_sum": d[..., others].sum(-1),
+        "delta_others_mean": d[..., others].mean(-1),
     }
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -123,8 +127,14 @@ def test_bf16_stays_within_one_point_of_fp32(fmnist):
 
 def test_auto_precision_rule():
     assert resolve_precision("fp32", "cpu") == "fp32"
-    expected = "bf16" if {"amx_bf16", "avx512_bf16"} & cpu_flags() else "fp32"
-    assert resolve_precision("auto", "cpu") == expected
+    fast_bf16 = {"amx_bf16", "avx512_bf16"} & cpu_flags() and torch.backends.cpu.get_cpu_capability() not in (
+        "DEFAULT", "AVX2", "NO AVX")
+    assert resolve_precision("auto", "cpu") == ("bf16" if fast_bf16 else "fp32")
+    # kernels capped at AVX2 (how the AVX2-only machine is mimicked) never get bf16
+    code = "from flcore.engine import resolve_precision as r; print(r('auto', 'cpu'))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "fp32"
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
             run(tiny(device="cuda"), store=None, progress=False)

@@ -58,10 +58,11 @@ def test_table2_needs_baseline(final):
 
 def test_table3_deltas(final):
     t = ex.table3(final, 0.1).set_index("setting")
-    assert list(t.index) == ["delta_source", "delta_target", "delta_others_sum"]
+    assert list(t.index) == ["delta_source", "delta_target", "delta_others_sum", "delta_others_mean"]
     assert t.loc["delta_source", "mean"] == pytest.approx(-10.5)
     assert t.loc["delta_target", "mean"] == pytest.approx(5.0)
     assert t.loc["delta_others_sum", "mean"] == pytest.approx(-1.0)
+    assert t.loc["delta_others_mean", "mean"] == pytest.approx(-1.0 / 8)  # 8 other classes
     assert (t["runs"] == 2).all()
     with pytest.raises(ValueError, match="m=0.2"):
         ex.table3(final, 0.2)
@@ -115,6 +116,8 @@ def test_compare_tables_align_with_paper(final):
     assert row["difference"] == pytest.approx(10.5 - 16)
     c3 = ex.compare_table3(ex.table3(final, 0.1)).set_index("setting")
     assert c3.loc["delta_source", "paper"] == -9.96
+    # the paper's one "remaining classes" value stands beside both readings
+    assert c3.loc["delta_others_sum", "paper"] == c3.loc["delta_others_mean", "paper"] == 0.09
     assert len(ex.PAPER_TABLE2) == 6 * 7 and len(ex.PAPER_TABLE4) == 6
 
 
@@ -166,3 +169,21 @@ def test_fig8_draws_the_repeat_with_the_most_malicious_updates():
     assert len(mal.get_offsets()) == 3 and len(honest.get_offsets()) == 7
     assert mal.get_offsets()[:, 0].min() == 100  # repeat 1, not 0 (none) or 2 (a later tie)
     plt.close(fig)
+
+
+def test_agreement_table3_counts_both_readings(final):
+    text = ex.agreement_table3(ex.table3(final, 0.1))
+    # source -10.5: the sum (-1.0) is below a tenth of it only just, the mean (-0.125) clearly
+    assert "-1.00 pp summed (0.10× the source change)" in text
+    assert "Read summed, the other classes' change is at least 10× below the source change for 1 of 1 pairs" in text
+    assert "Read per class, the other classes' change is at least 10× below the source change for 1 of 1 pairs" in text
+    worse = final.copy()
+    worse.loc[(worse["m"] == 0.1), "recall_0"] = 85.0  # the other class now loses 5 pp
+    text = ex.agreement_table3(ex.table3(worse, 0.1))
+    assert "Read summed, the other classes' change is at least 10× below the source change for 0 of 1 pairs." in text
+
+
+def test_repeats_per_dataset():
+    assert ex.base_config("cifar10", rounds=2, repeats={"fmnist": 4, "cifar10": 2}).repeats == 2
+    with pytest.raises(ValueError, match="repeats=.*'cifar10'"):
+        ex.base_config("cifar10", rounds=2, repeats={"fmnist": 4})

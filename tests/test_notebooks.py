@@ -89,7 +89,9 @@ def test_table2_sane(workbook):
 def test_table3_sane(workbook):
     t = _table(workbook, "table3_targeting")
     assert {"dataset", "src", "tgt", "setting", "mean", "std", "runs"} <= set(t.columns)
-    assert set(t["setting"]) == {"delta_source", "delta_target", "delta_others_sum"}
+    assert set(t["setting"]) == {"delta_source", "delta_target", "delta_others_sum", "delta_others_mean"}
+    w = t.pivot_table(index=["dataset", "src", "tgt"], columns="setting", values="mean")
+    assert np.allclose(w["delta_others_mean"], w["delta_others_sum"] / 8)
     assert t["mean"].between(-800, 800).all()
 
 
