@@ -29,7 +29,7 @@ esac
 git clone -q "$root" "$work/flcore"
 ln -s "$shared" "$work/shared"
 cd "$work/flcore"
-make -s setup >/dev/null
+make -s setup >"$work/setup.log" 2>&1 || { cat "$work/setup.log"; exit 1; }
 export XDG_CACHE_HOME="$work/cache"
 echo "# mode: $mode  commit: $(git rev-parse --short HEAD)  load before: $(cut -d' ' -f1 /proc/loadavg)"
 .venv/bin/python - <<'EOF'
@@ -40,6 +40,6 @@ print(f"# CPU: {cpu_name()}  kernels: {torch.backends.cpu.get_cpu_capability()} 
 EOF
 .venv/bin/python benchmarks/engine_speed.py --datasets fmnist --ideal-only | grep -v '^#'
 start=$(date +%s)
-.venv/bin/python -m flcore reproduce --profile quick 2>&1 | grep -E '^\[|done in|all [0-9]+ notebooks'
+.venv/bin/python -m flcore reproduce --profile quick
 end=$(date +%s)
 echo "RESULT mode=$mode reproduce_quick_s=$((end - start))"

@@ -150,6 +150,8 @@ def test_writers(tmp_path, final):
     assert "tabular" in paths[1].read_text()
     paths = ex.save_figure(plots.fig1_feasibility(final), "f1", tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)
+    # no creation date in the PDF, so the same run writes the same bytes
+    assert b"/CreationDate" not in paths[1].read_bytes()
 
 
 def test_fig8_draws_the_repeat_with_the_most_malicious_updates():
