@@ -272,3 +272,7 @@ class Config:
             choice("aggregator", tuple(AGGREGATORS))
         if self.defense is not None:
             choice("defense", ("pca",))
+            rule = self.defense_params.get("rule", "smaller")
+            if rule not in ("smaller", "far", "direction"):
+                fail(f"defense_params={self.defense_params!r}: rule {rule!r} is unknown; use 'smaller' (the minority cluster), 'far' or "
+                     f"'direction' (the cluster whose updates point against the global source row)")  # fmt: skip

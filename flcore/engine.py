@@ -368,6 +368,8 @@ DEFENSE_DEFAULTS = dict(
     min_silhouette=0.5,  # act only on a clear split: measured 0.57-0.66 under attack (m=10-20%), 0.33-0.37 clean (F-MNIST)
     scope="history",  # judge a participant by all its updates ("round": only this one)
     clusterer="kmeans",
+    rule="smaller",  # which cluster is malicious (PCADetector.rule): "smaller", "far", or
+    # "direction" (the cluster whose updates point against the global source row)
 )
 
 
@@ -401,7 +403,8 @@ class Aggregation:
                 raise ValueError(f"defense_params: unknown {sorted(unknown)}; valid: {sorted(DEFENSE_DEFAULTS)}")
             self.dp = dict(DEFENSE_DEFAULTS, **cfg.defense_params)
             self.detectors = [
-                OnlineDetector(PCADetector(clusterer=self.dp["clusterer"]), min_rows=self.dp["min_rows"],
+                OnlineDetector(PCADetector(clusterer=self.dp["clusterer"], rule=self.dp["rule"]),
+                               min_rows=self.dp["min_rows"],
                                max_rows=self.dp["max_rows"], scope=self.dp["scope"])
                 for _ in feds
             ]
@@ -427,7 +430,7 @@ class Aggregation:
         out_delta = local[self.w_name] - glob[self.w_name].unsqueeze(1)  # [R', k, C, F]
         if self.detectors is not None:
             for i, j in enumerate(repeats):
-                keep[i] = self._defend(rnd, j, out_delta[i])
+                keep[i] = self._defend(rnd, j, out_delta[i], glob[self.w_name][i])
         flat_g = torch.cat([glob[kk].reshape(len(repeats), -1) for kk in self.fkeys], 1)
         flat_l = torch.cat([local[kk].reshape(len(repeats), k, -1) for kk in self.fkeys], 2)
         upd = flat_l - flat_g.unsqueeze(1)
@@ -467,8 +470,9 @@ class Aggregation:
         self.history[j, idx] += cur
         return past
 
-    def _defend(self, rnd: int, j: int, delta: torch.Tensor) -> np.ndarray:
-        """Score this round's updates of federation j; returns the keep mask [k]."""
+    def _defend(self, rnd: int, j: int, delta: torch.Tensor, w_glob: torch.Tensor) -> np.ndarray:
+        """Score this round's updates of federation j (output-layer deltas [k, C, F], global
+        output-layer weight [C, F]); returns the keep mask [k]."""
         c, pl, jj = self.feds[j]
         ids = pl.selected[jj, rnd - 1]
         if rnd < self.dp["rounds_from"]:
@@ -477,7 +481,8 @@ class Aggregation:
         if not np.isfinite(rows).all():
             return np.ones(len(ids), dtype=bool)
         det = self.detectors[j]
-        flagged = det.flag_round(ids, rows)
+        ref = w_glob[c.src].double().cpu().numpy() if self.dp["rule"] == "direction" else None
+        flagged = det.flag_round(ids, rows, reference=ref)
         sep = getattr(det.detector_, "silhouette_", np.nan)
         act = rnd >= self.dp["start_round"] and len(flagged) and sep >= self.dp["min_silhouette"]
         if act and self.dp["mode"] == "block":

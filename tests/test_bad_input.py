@@ -101,6 +101,7 @@ BAD_FIELDS = [
         {},
         "must be a dict",
     ),
+    ("defense_params", {"rule": "nearest"}, {"defense": "pca"}, "'direction'"),
     ("device", "tpu", {}, "valid: auto, cpu, cuda"),
     ("precision", "fp16", {}, "valid: auto, fp32, bf16, fp64"),
     ("engine", "slow", {}, "valid: fast, reference"),

@@ -189,3 +189,48 @@ def test_online_detector_flags_malicious_after_warmup():
     assert online.n_rows_ > 20 and online.detector_ is not None
     for flagged, truth in flagged_rounds:
         assert flagged == truth
+
+
+def pointing(seed=0, n_honest=40, n_mal=8, dim=50, a=3.0):
+    """Rows around +a·r̂ (honest: their updates reinforce the global source row r) and −a·r̂
+    (malicious: trained on flipped labels, their updates point against it); shuffled."""
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=dim)
+    unit = ref / np.linalg.norm(ref)
+    X = np.vstack([rng.normal(size=(n_honest, dim)) + a * unit, rng.normal(size=(n_mal, dim)) - a * unit])
+    y = np.r_[np.zeros(n_honest, int), np.ones(n_mal, int)]
+    order = rng.permutation(len(y))
+    return X[order], y[order], ref
+
+
+@pytest.mark.parametrize("n_honest,n_mal", [(40, 8), (8, 40)])
+def test_direction_rule_follows_the_update_direction_not_the_cluster_size(n_honest, n_mal):
+    X, y, ref = pointing(n_honest=n_honest, n_mal=n_mal)
+    det = PCADetector(rule="direction").fit(X, reference=ref)
+    assert np.array_equal(det.predict(X), y)  # also when the attackers are the majority
+    assert det.cluster_cosine_[det.malicious_cluster_] < 0 < det.cluster_cosine_[1 - det.malicious_cluster_]
+    # "smaller" flags the minority, which is honest in the second case
+    smaller = PCADetector(rule="smaller").fit(X).predict(X)
+    assert np.array_equal(smaller, y if n_mal < n_honest else 1 - y)
+
+
+def test_direction_rule_flags_nobody_without_an_update_against_the_row():
+    X, _, ref = pointing(n_mal=0)
+    X = np.vstack([X, X[:6] + 4 * ref / np.linalg.norm(ref)])  # two honest clusters, both along +r
+    det = PCADetector(rule="direction").fit(X, reference=ref)
+    assert det.malicious_cluster_ == -1 and (det.cluster_cosine_ > 0).all()
+    assert not det.predict(X).any() and not det.decision_function(X).any()
+    online = OnlineDetector(PCADetector(rule="direction"), min_rows=10)
+    assert len(online.flag_round(np.arange(len(X)), X, reference=ref)) == 0
+
+
+def test_direction_rule_needs_a_matching_reference():
+    X, _, ref = pointing()
+    with pytest.raises(ValueError, match="needs reference="):
+        PCADetector(rule="direction").fit(X)
+    with pytest.raises(ValueError, match="expected a finite, non-zero vector of 50"):
+        PCADetector(rule="direction").fit(X, reference=ref[:10])
+    with pytest.raises(ValueError, match="non-zero"):
+        PCADetector(rule="direction").fit(X, reference=np.zeros(50))
+    with pytest.raises(ValueError, match="rule='nearest'"):
+        PCADetector(rule="nearest").fit(X)
