@@ -133,33 +133,27 @@ def main() -> None:
         print(f"# WARNING: load average {load:.2f} before the benchmark: the machine is not idle")
     for ds in a.datasets.split(","):
         base = dict(dataset=ds, rounds=a.rounds)
-        if a.ideal_only:
-            ideal = measure(dict(base, kind="ideal"))
-            print(f"{ds}: ideal (practical limit)           {ideal['ideal_s']:8.3f} s/experiment-round")
-            print(f"RESULT dataset={ds} cpu={cpu} capability={cap} ideal_s={ideal['ideal_s']:.4f}", flush=True)
-            continue
-        seq = measure(dict(base, kind="run", engine="reference", precision="fp32", repeats=1, rounds=1))
-        print(f"{ds}: sequential reference fp32      {seq['s_per_exp_round']:8.3f} s/experiment-round", flush=True)
-        f1 = measure(dict(base, kind="run", engine="fast", precision="auto", repeats=1))
-        print(f"{ds}: fast, 1 repeat ({f1['precision']})          {f1['s_per_exp_round']:8.3f} s/experiment-round", flush=True)
-        f10 = measure(dict(base, kind="run", engine="fast", precision="auto", repeats=10, record="all"))
-        print(f"{ds}: fast, 10 repeats ({f10['precision']})       {f10['s_per_exp_round']:8.3f} s/experiment-round"
-              f"   peak RSS {f10['peak_rss_mb']:.0f} MB (updates recorded)", flush=True)  # fmt: skip
+        if not a.ideal_only:
+            seq = measure(dict(base, kind="run", engine="reference", precision="fp32", repeats=1, rounds=1))
+            print(f"{ds}: sequential reference fp32      {seq['s_per_exp_round']:8.3f} s/experiment-round", flush=True)
+            f1 = measure(dict(base, kind="run", engine="fast", precision="auto", repeats=1))
+            print(f"{ds}: fast, 1 repeat ({f1['precision']})          {f1['s_per_exp_round']:8.3f} s/experiment-round", flush=True)
+            f10 = measure(dict(base, kind="run", engine="fast", precision="auto", repeats=10, record="all"))
+            print(f"{ds}: fast, 10 repeats ({f10['precision']})       {f10['s_per_exp_round']:8.3f} s/experiment-round"
+                  f"   peak RSS {f10['peak_rss_mb']:.0f} MB (updates recorded)", flush=True)  # fmt: skip
         ideal = measure(dict(base, kind="ideal"))
         for mode, v in ideal["modes"].items():
             print(f"{ds}: one model, batch 256, {mode}, channels_last: train {v['train']:7.0f} img/s, "
                   f"eval {v['eval']:7.0f} img/s")  # fmt: skip
         print(f"{ds}: ideal (practical limit)           {ideal['ideal_s']:8.3f} s/experiment-round")
-        print(
-            f"RESULT dataset={ds} cpu={cpu} capability={cap} precision={f10['precision']} "
-            f"seq_s={seq['s_per_exp_round']:.4f} fast1_s={f1['s_per_exp_round']:.4f} "
-            f"fast10_s={f10['s_per_exp_round']:.4f} ideal_s={ideal['ideal_s']:.4f} "
-            f"speedup_10={seq['s_per_exp_round'] / f10['s_per_exp_round']:.2f} "
-            f"fraction_of_limit_10={ideal['ideal_s'] / f10['s_per_exp_round']:.2f} "
-            f"peak_rss_mb_10={f10['peak_rss_mb']:.0f}",
-            flush=True,
-        )
-
+        result = f"RESULT dataset={ds} cpu={cpu} capability={cap} ideal_s={ideal['ideal_s']:.4f}"
+        if not a.ideal_only:
+            result += (f" precision={f10['precision']} seq_s={seq['s_per_exp_round']:.4f} "
+                       f"fast1_s={f1['s_per_exp_round']:.4f} fast10_s={f10['s_per_exp_round']:.4f} "
+                       f"speedup_10={seq['s_per_exp_round'] / f10['s_per_exp_round']:.2f} "
+                       f"fraction_of_limit_10={ideal['ideal_s'] / f10['s_per_exp_round']:.2f} "
+                       f"peak_rss_mb_10={f10['peak_rss_mb']:.0f}")  # fmt: skip
+        print(result, flush=True)
 
 if __name__ == "__main__":
     main()

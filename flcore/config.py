@@ -272,7 +272,9 @@ class Config:
             choice("aggregator", tuple(AGGREGATORS))
         if self.defense is not None:
             choice("defense", ("pca",))
+            from flcore.defense import RULES
+
             rule = self.defense_params.get("rule", "smaller")
-            if rule not in ("smaller", "far", "direction"):
+            if rule not in RULES:
                 fail(f"defense_params={self.defense_params!r}: rule {rule!r} is unknown; use 'smaller' (the minority cluster), 'far' or "
                      f"'direction' (the cluster whose updates point against the global source row)")  # fmt: skip

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 _CLUSTERERS = ("kmeans", "gmm")
-_RULES = ("smaller", "far", "direction")
+RULES = ("smaller", "far", "direction")  # PCADetector.rule
 
 
 def _to_numpy(a, dtype=None) -> np.ndarray:
@@ -243,8 +243,8 @@ class PCADetector(BaseEstimator):
         """Fit scaler + PCA on ``X: [n_rows, n_features]``, then the 2-cluster model on the
         projection, then pick the malicious cluster by ``rule``. ``y`` is ignored;
         ``reference`` ``[n_features]``: the global source row (rule ``"direction"`` only)."""
-        if self.rule not in _RULES:
-            raise ValueError(f"rule={self.rule!r}: use one of {list(_RULES)}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule={self.rule!r}: use one of {list(RULES)}")
         X = self._check_X(X)
         n, d = X.shape
         ref = None

@@ -481,8 +481,7 @@ class Aggregation:
         if not np.isfinite(rows).all():
             return np.ones(len(ids), dtype=bool)
         det = self.detectors[j]
-        ref = w_glob[c.src].double().cpu().numpy() if self.dp["rule"] == "direction" else None
-        flagged = det.flag_round(ids, rows, reference=ref)
+        flagged = det.flag_round(ids, rows, reference=w_glob[c.src].double().cpu().numpy())
         sep = getattr(det.detector_, "silhouette_", np.nan)
         act = rnd >= self.dp["start_round"] and len(flagged) and sep >= self.dp["min_silhouette"]
         if act and self.dp["mode"] == "block":
@@ -768,6 +767,19 @@ def warm_state(cfg: Config, *, store="results", data: Dataset | None = None, dat
     return pre.model_state(0)
 
 
+def _warm_starts(cfgs: list[Config], store, data: Dataset | None, data_root, progress):
+    """(data, initial global model per config) for configs of one dataset: one load (or
+    training) per distinct warm-up; the full dataset is loaded once and shared with the runs."""
+    if data is None and any(c.warm_start for c in cfgs):
+        data = load_dataset(cfgs[0].dataset, root=data_root, progress=False)
+    keys = [store_key(pretrain_config(c)) if c.warm_start else "" for c in cfgs]
+    warm: dict[str, dict | None] = {}
+    for c, key in zip(cfgs, keys):
+        if key not in warm:
+            warm[key] = warm_state(c, store=store, data=data, data_root=data_root, progress=progress)
+    return data, [warm[key] for key in keys]
+
+
 def resolved(config: Config) -> Config:
     """The config with device and precision resolved for this machine (what the key hashes)."""
     device = resolve_device(config.device)
@@ -818,9 +830,7 @@ def run(
             return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
 
     t0 = time.perf_counter()
-    if cfg.warm_start and data is None:  # loaded once for the warm-up and the run
-        data = load_dataset(cfg.dataset, root=data_root, progress=False)
-    start = warm_state(cfg, store=store, data=data, data_root=data_root, progress=progress)
+    data, (start,) = _warm_starts([cfg], store, data, data_root, progress)
     data = load_data(cfg, data, data_root)
     plan = make_plan(cfg, data, start)
     bar = None
@@ -929,15 +939,7 @@ def run_many(configs, *, store="results", data: Dataset | None = None, data_root
 
 def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result]:
     t0 = time.perf_counter()
-    store = None if st is None else st.path
-    if data is None and cfgs[0].warm_start:
-        data = load_dataset(cfgs[0].dataset, root=data_root, progress=False)
-    keys = [store_key(pretrain_config(c)) if c.warm_start else "" for c in cfgs]
-    warm: dict[str, dict | None] = {}  # one load (or training) per distinct warm-up
-    for c, key in zip(cfgs, keys):
-        if key not in warm:
-            warm[key] = warm_state(c, store=store, data=data, data_root=data_root, progress=progress)
-    starts = [warm[key] for key in keys]
+    data, starts = _warm_starts(cfgs, None if st is None else st.path, data, data_root, progress)
     data_sub = load_data(cfgs[0], data, data_root)
     plans = [make_plan(c, data_sub, w) for c, w in zip(cfgs, starts)]
     feds = [(c, pl, j) for c, pl in zip(cfgs, plans) for j in range(c.repeats)]

@@ -140,6 +140,12 @@ def baseline_config(cfg: Config) -> Config:
                        defense=None)  # fmt: skip
 
 
+def _baseline_for(cfg: Config, baseline_repeats=None) -> Config:
+    """`baseline_config` of a study's config with its own repeat count (one value, a dict per
+    dataset, or None: the study's)."""
+    return baseline_config(cfg.replace(repeats=pick(baseline_repeats, cfg.dataset) or cfg.repeats))
+
+
 def run_grid(configs: Iterable[Config], store="results", progress: bool = True) -> list[Result]:
     """Run (or load from the result store) each configuration; results in input order.
 
@@ -241,7 +247,7 @@ def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int |
     jobs = []  # (config, src, tgt): every run of the study, trained together by run_grid
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, **base)
-        jobs.append((baseline_config(cfg.replace(repeats=pick(baseline_repeats, d) or cfg.repeats)), s, t))
+        jobs.append((_baseline_for(cfg, baseline_repeats), s, t))
         jobs += [(cfg.replace(m=float(m), eval_every=rounds), None, None) for m in m_values if m > 0]
     results = run_grid([c for c, _, _ in jobs], store, progress)
     return pd.concat([final_frame(r, s, t) for r, (_, s, t) in zip(results, jobs)], ignore_index=True)
@@ -266,7 +272,7 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
                           break_round=break_round, **base)  # fmt: skip
         on_fig = (d, s, t) in figure_pairs
         if on_fig:
-            jobs.append((baseline_config(cfg.replace(repeats=pick(baseline_repeats, d) or cfg.repeats)), "none", s, t))
+            jobs.append((_baseline_for(cfg, baseline_repeats), "none", s, t))
         for strat in strategies if on_fig else ("late",):
             jobs.append((cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds, eval_classes=(s,)),
                          strat if on_fig else "final", None, None))  # fmt: skip
