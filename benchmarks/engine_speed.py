@@ -34,7 +34,8 @@ def _worker(spec: dict) -> dict:
 
     from flcore import Config
     from flcore.data import load_dataset
-    from flcore.engine import resolve_precision, run
+    from flcore.runs.runner import run
+    from flcore.sim.device import resolve_precision
 
     data = load_dataset(spec["dataset"], progress=False)
     if spec["kind"] == "ideal":
@@ -53,7 +54,7 @@ def _worker(spec: dict) -> dict:
 def _ideal(dataset: str, data, torch) -> dict:
     import torch.nn.functional as F
 
-    from flcore.models import build_model
+    from flcore.sim.models import build_model
 
     x_all = data.x_train[:2048].float() / 255.0
     y_all = data.y_train[:2048]
@@ -121,7 +122,7 @@ def main() -> None:
         return
     import torch
 
-    from flcore.engine import cpu_name
+    from flcore.sim.device import cpu_name
 
     cpu = cpu_name().replace(" ", "")
     cap = torch.backends.cpu.get_cpu_capability()

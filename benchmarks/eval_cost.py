@@ -31,7 +31,8 @@ def main() -> None:
 
     from flcore import Config
     from flcore.data import load_dataset
-    from flcore.engine import cpu_name, resolve_precision, run
+    from flcore.runs.runner import run
+    from flcore.sim.device import cpu_name, resolve_precision
 
     data = load_dataset("fmnist", progress=False)
     base = Config(m=0.1, rounds=a.rounds, repeats=a.repeats)

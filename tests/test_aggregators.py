@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flcore import aggregators as agg
+from flcore.defenses import aggregators as agg
 
 
 def t(rows):

@@ -18,13 +18,14 @@ import pytest
 from test_data import EvilSystem, corrupt_case, make_evil_cifar, make_fmnist
 from test_sweep import TINY, env, needs_fmnist
 
-import flcore.sweep as S
-from flcore import cli, store
-from flcore import data as D
+import flcore.runs.sweep as S
+from flcore import cli
+from flcore.runs import store
+from flcore.data import loading as D
 from flcore.config import Config, ConfigError
 from flcore.data import DatasetFormatError, DatasetNotFoundError
-from flcore.engine import run
-from flcore.store import Store, StoreError
+from flcore.runs.runner import run
+from flcore.runs.store import Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.filterwarnings("ignore:.*official.*:UserWarning"), pytest.mark.usefixtures("one_thread")]

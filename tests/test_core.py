@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from flcore.attacks import Selection, flip_labels, malicious_set, select_participants
+from flcore.attacks import flip_labels
+from flcore.sim.selection import Selection, malicious_set, select_participants
 from flcore.config import Config, ConfigError
-from flcore.models import (
+from flcore.sim.models import (
     ARCHITECTURES,
     build_model,
     count_parameters,
@@ -185,7 +186,7 @@ def test_selection_draws_are_reproducible():
 
 def test_confusion_counts_batched_and_single():
     """One counter for the engines (batched tensors) and for users (arrays): hand-counted."""
-    from flcore.metrics import confusion_counts, confusion_matrix
+    from flcore.sim.metrics import confusion_counts, confusion_matrix
 
     y = torch.tensor([[0, 0, 1, 2], [2, 2, 2, 1]])
     pred = torch.tensor([[0, 1, 1, 2], [2, 0, 2, 1]])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flcore import data as D
+from flcore.data import loading as D
 from flcore.data import (
     CIFAR10_CLASSES,
     Dataset,

@@ -7,7 +7,7 @@ import torch
 from sklearn.base import clone
 from sklearn.preprocessing import MinMaxScaler
 
-from flcore.defense import (
+from flcore.defenses.detector import (
     OnlineDetector,
     PCADetector,
     detection_metrics,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from flcore import Config, run
-from flcore.defense import evaluate_detection
-from flcore.experiments import DEFENSES, blocking_frame, defense_config
+from flcore.defenses.detector import evaluate_detection
+from flcore.studies.experiments import DEFENSES, blocking_frame, defense_config
 
 RULES = {"median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"f": 1}, "multi_krum": {"f": 1},
          "foolsgold": {}}  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 
 from flcore import Config, run
 from flcore.data import DatasetNotFoundError, load_dataset
-from flcore.engine import cpu_flags, resolve_precision
+from flcore.sim.device import cpu_flags, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_repeats_are_independent_of_batching(fmnist):
 def test_store_returns_an_identical_config_without_training(fmnist, tmp_path, monkeypatch):
     cfg = tiny(precision="fp32", rounds=1)
     first = run(cfg, store=tmp_path, data=fmnist, progress=False)
-    from flcore import engine
+    from flcore.runs import runner as engine
 
     def boom(*a, **k):
         raise AssertionError("retrained a stored configuration")
@@ -145,7 +145,8 @@ def test_non_iid_shares_fast_equals_reference(fmnist):
     cfg = tiny(precision="fp64", partition="dirichlet", beta=0.5, rounds=2, n_train=600)
     fast = run(cfg, store=None, data=fmnist, progress=False)
     ref = run(cfg.replace(engine="reference"), store=None, data=fmnist, progress=False)
-    from flcore.engine import load_data, make_plan
+    from flcore.runs.runner import load_data
+    from flcore.sim.plan import make_plan
 
     plan = make_plan(cfg, load_data(cfg, fmnist))
     sizes = {len(plan.shares[0][p]) for p in range(cfg.num_participants)}
@@ -157,7 +158,7 @@ def test_non_iid_shares_fast_equals_reference(fmnist):
 
 def test_run_many_batches_configs_and_each_equals_its_own_run(fmnist, tmp_path):
     """Configs differing in the attack train as one stack; in fp64 each equals its solo run."""
-    from flcore.engine import run_many
+    from flcore.runs.runner import run_many
 
     base = tiny(precision="fp64", rounds=2, record_updates="none")
     cfgs = [base, base.replace(m=0.4, src=1, tgt=3), base.replace(strategy="late", break_round=2, repeats=1),
@@ -178,7 +179,7 @@ def test_run_many_batches_configs_and_each_equals_its_own_run(fmnist, tmp_path):
 def test_warm_start_begins_from_the_stored_clean_model(fmnist, tmp_path):
     """warm_start=W: every repeat starts from the clean W-round model, trained once and stored;
     rounds continue the federation's schedule, and both engines agree in fp64."""
-    from flcore.engine import pretrain_config, warm_state
+    from flcore.runs.runner import pretrain_config, warm_state
 
     cfg = tiny(precision="fp64", rounds=2, warm_start=3, record_updates="none", lr_step=1,
                num_participants=10, k=5)  # fmt: skip
@@ -220,7 +221,7 @@ def test_kept_model_round_trips_through_the_store(fmnist, tmp_path):
 def test_run_many_batches_defended_configs_each_equal_to_its_own_run(fmnist, agg):
     """Robust aggregators, the online defense and recorded updates batch too: in fp64 every
     config's numbers, recorded source rows and exclusions equal its solo run."""
-    from flcore.engine import run_many
+    from flcore.runs.runner import run_many
 
     base = tiny(precision="fp64", rounds=3, record_updates="source", m=0.3, **agg)
     cfgs = [base, base.replace(m=0.4, src=1, tgt=3, repeats=1), base.replace(strategy="late", break_round=2)]
@@ -259,8 +260,8 @@ def test_eval_classes_evaluates_earlier_rounds_on_those_classes_only(fmnist):
 
 def test_run_many_loads_each_warm_up_once(fmnist, monkeypatch):
     """A batch of warm-started configs needs its warm-up model once, not once per config."""
-    from flcore import engine
-    from flcore.engine import run_many
+    from flcore.runs import runner as engine
+    from flcore.runs.runner import run_many
 
     calls = []
     real = engine.warm_state

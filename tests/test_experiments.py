@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flcore import experiments as ex
+from flcore.studies import experiments as ex
 from flcore.config import Config
 
 
@@ -143,7 +143,7 @@ def test_writers(tmp_path, final):
     import matplotlib
 
     matplotlib.use("Agg")
-    from flcore import plots
+    from flcore.studies import plots
 
     paths = ex.save_table(ex.table2(final), "t2", tmp_path)
     assert [p.suffix for p in paths] == [".csv", ".tex"] and all(p.exists() for p in paths)
@@ -159,7 +159,7 @@ def test_fig8_draws_the_repeat_with_the_most_malicious_updates():
     per (pair, m), the first repeat with the most malicious updates."""
     import matplotlib.pyplot as plt
 
-    from flcore import plots
+    from flcore.studies import plots
 
     rows = []
     for rep, n_mal in ((0, 0), (1, 3), (2, 3)):

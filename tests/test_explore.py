@@ -188,7 +188,7 @@ def test_bad_setting_shows_a_message_not_an_exception(store, make, change, needl
 
 
 def test_unexpected_failure_is_one_readable_line(store, monkeypatch):
-    import flcore.engine
+    import flcore.runs.runner
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory\n  File 'engine.py', line 1\n    more detail")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from test_sweep import TINY, assert_same_entry, entry_ids, env, needs_fmnist, wait_for_entries
 
-import flcore.sweep as S
-from flcore.engine import run
-from flcore.store import Store, StoreWarning
+import flcore.runs.sweep as S
+from flcore.runs.runner import run
+from flcore.runs.store import Store, StoreWarning
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [needs_fmnist, pytest.mark.usefixtures("one_thread")]

@@ -10,8 +10,8 @@ import yaml
 
 pytest.importorskip("papermill")
 
-from flcore import experiments as ex
-from flcore.reproduce import REPO_ROOT, ParameterError, execute, load_parameters, notebooks
+from flcore.studies import experiments as ex
+from flcore.studies.reproduce import REPO_ROOT, ParameterError, execute, load_parameters, notebooks
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_defense_comparison_table_sane(workbook):
 
 def test_baseline_trained_once(workbook):
     """01, 02 and 03 share one clean baseline (one store entry with m = 0)."""
-    from flcore.store import Store
+    from flcore.runs.store import Store
 
     finals = Store(workbook[0] / "results").table("final")
     # the clean warm-up (keep_model) trains once for every notebook of the same data subset
@@ -167,7 +167,7 @@ def test_seed_override_writes_beside_the_profile(tmp_path):
             extra=extra, log=lambda *a, **k: None)  # fmt: skip
     assert (tmp_path / "figures" / "test-seed3" / "table3_targeting.csv").exists()
     assert not (tmp_path / "figures" / "test").exists()
-    from flcore.store import Store
+    from flcore.runs.store import Store
 
     assert set(Store(tmp_path / "results").table("final")["seed"]) == {3}
 
@@ -175,7 +175,7 @@ def test_seed_override_writes_beside_the_profile(tmp_path):
 def test_every_committed_profile_matches_its_notebooks():
     """Each params/<profile>/NN_*.yaml names only parameters its notebook has, and quick and
     paper cover every notebook (the run would otherwise stop at that notebook)."""
-    from flcore.reproduce import PROFILES, profiles
+    from flcore.studies.reproduce import PROFILES, profiles
 
     assert set(PROFILES) <= set(profiles()) and "defense-cifar" in profiles()
     for prof in profiles():

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flcore import store
-from flcore.store import CorruptEntryError, Store, StoreError, StoreWarning, config_key
+from flcore.runs import store
+from flcore.runs.store import CorruptEntryError, Store, StoreError, StoreWarning, config_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,7 +284,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np, pandas as pd
-    from flcore.store import Store
+    from flcore.runs.store import Store
     st = Store(sys.argv[1])
     i = 0
     while True:
@@ -357,7 +357,7 @@ _RACER = textwrap.dedent(
     """
     import os, sys, time
     import numpy as np, pandas as pd
-    from flcore.store import Store
+    from flcore.runs.store import Store
     path, me, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     st = Store(path)
     Store.has = lambda self, key: False  # force both writers all the way to the rename

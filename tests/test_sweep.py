@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import flcore.sweep as S
+import flcore.runs.sweep as S
 from flcore.config import Config, ConfigError
-from flcore.store import Store
+from flcore.runs.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "params" / "sweeps" / "fmnist_m_grid.yaml"
@@ -123,7 +123,7 @@ def test_bad_grid_point_names_the_point():
 def test_module_is_callable(tmp_path):
     import flcore
 
-    assert flcore.sweep is S and callable(S)  # flcore.sweep(...) runs, flcore.sweep.expand exists
+    assert flcore.sweep is S and callable(S)  # flcore.sweep(...) runs, flcore.runs.sweep.expand exists
     df = flcore.sweep(Config(**TINY), store=tmp_path, progress=False)
     assert len(df) == 1 and df["status"].iloc[0] == "ok"
 

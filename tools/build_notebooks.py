@@ -20,8 +20,8 @@ warm_start = 0  # start every run from the clean model after this many FedAvg ro
 SETUP = '''import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from flcore import experiments as ex
-from flcore import plots
+from flcore.studies import experiments as ex
+from flcore.studies import plots
 
 out = ex.figures_dir(output_dir, profile)
 common = dict(seed=seed, n_train=n_train, n_test=n_test, warm_start=warm_start, device=device,
@@ -83,7 +83,7 @@ NB["02_targeting"] = [
      "other classes change compared with the clean model?\n\n"
      "**Paper (Table 3).** The source class loses recall, the target class gains a little, and "
      "\"the recall of all remaining classes\" changes by at most 0.34 pp, an order of magnitude less.\n\n"
-     "**Two readings of the third column.** SPEC reads it as the *summed* change over the eight "
+     "**Two readings of the third column.** Read literally, it is the *summed* change over the eight "
      "other classes (`delta_others_sum`). The paper's values (0.01–0.34 pp) have the size of a "
      "*per-class mean* change (`delta_others_mean`, which equals the change of the other classes' "
      "pooled recall on a class-balanced test set). This notebook reports both, and sets the "
@@ -198,7 +198,7 @@ how = "mean"  # a participant's verdict: mean score of its updates | vote (major
              "pca = ex.pca_frame(res, rounds_from, how=how)\nsep = ex.pca_separation(pca)\nsep"),
     ("md", "## Fig 8: PCA of the source-class updates (malicious ×, honest ○, flagged participants ringed)"),
     ("code", "fig = plots.fig8_defense_pca(pca)\nex.save_figure(fig, \"fig8_defense_pca\", out)\nplt.show()"),
-    ("md", "## Detection against the truth\n`flcore.defense.PCADetector` per run: per update (each update "
+    ("md", "## Detection against the truth\n`flcore.defenses.detector.PCADetector` per run: per update (each update "
            "judged) and per participant (the scores of its updates averaged). Precision, recall, F1 and "
            "false-positive rate of the flags; ROC AUC of the scores (1 = every malicious participant scores "
            "above every honest one)."),
@@ -224,7 +224,7 @@ pairs = [["fmnist", 4, 6]]
 m_values = [0.1, 0.2, 0.3, 0.4]  # the clean run (m 0, the defense cost) is always added
 defenses = ["none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold"]
 aggregator_params = {"trimmed_mean": {"beta": 0.2}, "multi_krum": {"f": 1}}  # with k 5, beta 0.2 trims one per end, Krum needs k > 2f + 2
-pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.engine.DEFENSE_DEFAULTS; the paper's rounds: from 10)
+pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.defenses.pca.PCAParams; the paper's rounds: from 10)
 '''),
     ("code", SETUP),
     ("md", "## Run\nOne federation per (pair, defense, m), all repeats batched. The PCA defense fits the "

@@ -12,13 +12,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from flcore.experiments import DATASET_LABEL
+from flcore.data.specs import DATASETS
+
+
+def _label(dataset: str) -> str:
+    return DATASETS.get(dataset).label if dataset in DATASETS else str(dataset)
 
 sns.set_theme(style="whitegrid", context="notebook")
 
 
 def pair_title(dataset: str, src: int, tgt: int) -> str:
-    return f"{DATASET_LABEL.get(dataset, dataset)} {src}→{tgt}"
+    return f"{_label(dataset)} {src}→{tgt}"
 
 
 def _panels(n: int, width: float = 4.2, height: float = 3.3, ncols: int | None = None):
@@ -144,7 +148,7 @@ def fig8_defense_pca(pca: pd.DataFrame):
                    s=18, linewidths=0.8, label="honest")  # fmt: skip
         ax.scatter(mal["pc1"], mal["pc2"], marker="x", color="tab:red", s=24, linewidths=1.0,
                    label="malicious")  # fmt: skip
-        title = f"{DATASET_LABEL.get(d, d)} {s}→{t}, m={100 * m:g}%"
+        title = f"{_label(d)} {s}→{t}, m={100 * m:g}%"
         sep = g["separation"].iloc[0]
         if "participant_flagged" in g:
             fl = g[g["participant_flagged"]]

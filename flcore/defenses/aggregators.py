@@ -11,30 +11,31 @@ rules are the robust baselines a defense study compares against:
 
 - :func:`coordinate_median`, :func:`trimmed_mean`: Yin et al. 2018;
 - :func:`krum`, :func:`multi_krum`: Blanchard et al. 2017;
-- :func:`foolsgold`: Fung et al. 2020.
+- :func:`foolsgold_weights` (the stateful :class:`FoolsGold` rule): Fung et al. 2020.
 
-:func:`aggregate` applies a rule to ``R`` independent federations at once
-(``Tensor[R, k, P] -> Tensor[R, P]``), vectorised for the coordinate-wise rules.
+Each rule is registered in ``AGGREGATORS`` as an :class:`Aggregator` with a validated
+``Params`` dataclass (the Config's ``aggregator_params``).
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from flcore.core.errors import ConfigError
+from flcore.core.params import Params, check_range, validate_params
+from flcore.core.registry import Registry
+
 __all__ = [
     "AGGREGATORS",
-    "aggregate",
+    "Aggregator",
+    "build",
     "coordinate_median",
     "fedavg",
-    "foolsgold",
     "foolsgold_weights",
-    "get_aggregator",
     "krum",
     "krum_scores",
     "multi_krum",
@@ -296,100 +297,130 @@ def foolsgold_weights(
     return (kappa * (logit + 0.5)).nan_to_num(neginf=0.0).clamp(0.0, 1.0)
 
 
-def foolsgold(
-    updates: Tensor,
-    history: Tensor | None = None,
-    kappa: float = 1.0,
-    pardoning: bool = True,
-) -> Tensor:
-    """FoolsGold aggregate ``[k, P] -> [P]``: mean of the updates weighted by
-    :func:`foolsgold_weights`, normalised by the sum of the weights.
-
-    If all weights are 0 (every update identical to another) the aggregate is the zero
-    update: the global model is left unchanged this round.
-    """
-    x = _as_updates(updates)
-    w = foolsgold_weights(x, history, kappa=kappa, pardoning=pardoning)
-    if w.sum() <= 0:
-        return torch.zeros_like(x[0])
-    return ((w[:, None] * x.to(torch.float64)).sum(dim=0) / w.sum()).to(x.dtype)
-
-
 # ---------------------------------------------------------------------------------------
-# Registry and the batched form
+# The aggregator extension point
 # ---------------------------------------------------------------------------------------
 
-AGGREGATORS: dict[str, Callable[..., Tensor]] = {
-    "fedavg": fedavg,
-    "median": coordinate_median,
-    "trimmed_mean": trimmed_mean,
-    "krum": krum,
-    "multi_krum": multi_krum,
-    "foolsgold": foolsgold,
-}
+
+@dataclass(frozen=True)
+class NoParams(Params):
+    """A rule without options."""
 
 
-def get_aggregator(name: str) -> Callable[..., Tensor]:
-    """The aggregation function registered under ``name`` (see ``AGGREGATORS``)."""
-    try:
-        return AGGREGATORS[name]
-    except (KeyError, TypeError):
-        pass
-    valid = sorted(AGGREGATORS)
-    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.0)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown aggregator {name!r}: valid names are {valid}{hint}")
+@dataclass(frozen=True)
+class TrimmedMeanParams(Params):
+    beta: float = 0.1  # fraction trimmed from each end of every coordinate
+
+    def check(self, context: dict) -> None:
+        check_range("aggregator_params", "beta", self.beta, 0.0, 0.5, hi_open=True,
+                    fix="at least one value per coordinate must remain; use e.g. beta=0.2, or "
+                        "aggregator='median' for the 50% limit")  # fmt: skip
 
 
-# Parameters that may carry a leading repeat dim in the batched form, with their
-# unbatched number of dims.
-_PER_REPEAT = {"weights": 1, "history": 2}
+@dataclass(frozen=True)
+class KrumParams(Params):
+    f: int = 1  # Byzantine participants tolerated per round
+
+    def check(self, context: dict) -> None:
+        check_range("aggregator_params", "f", self.f, 0, fix="f counts participants")
+        k = context.get("k")
+        if k is not None and k <= 2 * self.f + 2:
+            raise ConfigError(
+                f"aggregator_params: f={self.f} with k={k}: Krum needs k > 2f + 2 = {2 * self.f + 2} "
+                f"participants per round; lower f to at most {max((k - 3) // 2, 0)} or raise k "
+                f"to at least {2 * self.f + 3}")
 
 
-def aggregate(name: str, updates: Tensor, **params) -> Tensor:
-    """Apply the aggregator ``name`` to each of ``R`` independent federations.
+@dataclass(frozen=True)
+class MultiKrumParams(KrumParams):
+    m: int | None = None  # updates kept (None: k - f)
 
-    Args:
-        name: a key of ``AGGREGATORS``.
-        updates: ``[R, k, P]`` (``R`` repeats, ``k`` participants each); a ``[k, P]``
-            tensor is also accepted and gives ``[P]``.
-        **params: passed to the aggregator. ``weights`` may be ``[k]`` (shared) or
-            ``[R, k]``; ``history`` (FoolsGold) may be ``[R, k, P]``.
+    def check(self, context: dict) -> None:
+        super().check(context)
+        k = context.get("k")
+        if self.m is not None and not (1 <= self.m <= (k or self.m)):
+            raise ConfigError(f"aggregator_params: m={self.m} must be in [1, k={k}] (updates kept)")
 
-    Returns:
-        ``[R, P]`` (or ``[P]``). ``fedavg``, ``median`` and ``trimmed_mean`` are computed
-        in one vectorised call; the others loop over the repeats.
+
+@dataclass(frozen=True)
+class FoolsGoldParams(Params):
+    kappa: float = 1.0  # confidence of the logit
+    pardoning: bool = True
+
+    def check(self, context: dict) -> None:
+        check_range("aggregator_params", "kappa", self.kappa, 0.0, lo_open=True,
+                    fix="the logit confidence must be > 0 (default 1.0)")  # fmt: skip
+
+
+class Aggregator:
+    """An aggregation rule: rows [n, P] of the kept participants' flattened updates -> [P].
+
+    Stateless rules wrap a pure function of this module. A stateful rule (FoolsGold) sets
+    `stateful = True` and gets `init(num_participants, out_dim)` once per federation and its
+    state, the participants' ids and their output-layer rows every round. `None` from
+    `__call__` leaves the global model unchanged this round. `weights` (a defense's, [n])
+    weight the rows where the rule can use them.
     """
-    fn = get_aggregator(name)
-    allowed = set(inspect.signature(fn).parameters) - {"updates"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise TypeError(
-            f"aggregator {name!r} takes no parameter(s) {unknown}: it accepts {sorted(allowed)}"
-        )
-    x = torch.as_tensor(updates)
-    if x.dim() == 2:
-        return fn(x, **params)
-    x = _as_updates(x, ndim=3)
-    R, k = x.shape[0], x.shape[1]
-    if fn is fedavg:
-        w = params.get("weights")
-        if w is not None:
-            w = torch.as_tensor(w)
-            w = _check_weights(w, k, lead=(R,) if w.dim() == 2 else ())
-            if w.dim() == 1:
-                w = w.expand(R, k)
-        return _weighted_mean(x, w, dim=1)
-    if fn is coordinate_median:
-        return _median(x, dim=1)
-    if fn is trimmed_mean:
-        return _trimmed_mean(x, params.get("beta", 0.1), dim=1)
-    out = []
-    for r in range(R):
-        p = dict(params)
-        for key, nd in _PER_REPEAT.items():
-            v = p.get(key)
-            if v is not None and torch.as_tensor(v).dim() == nd + 1:
-                p[key] = v[r]
-        out.append(fn(x[r], **p))
-    return torch.stack(out)
+
+    name: str = ""
+    Params: type[Params] = NoParams
+    stateful: bool = False
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    @classmethod
+    def validate(cls, aggregator_params, context: dict) -> Params:
+        return validate_params(cls.Params, aggregator_params, "aggregator_params", context)
+
+    def init(self, num_participants: int, out_dim: int, like: Tensor):
+        return None
+
+    def __call__(self, rows: Tensor, *, weights=None, state=None, ids=None, out_rows=None):
+        raise NotImplementedError
+
+
+AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator", "aggregator")
+
+
+def _function_rule(name_: str, fn, params_cls=NoParams, weighted: bool = False) -> type[Aggregator]:
+    class _Rule(Aggregator):
+        name, Params = name_, params_cls
+        __doc__ = fn.__doc__
+
+        def __call__(self, rows, *, weights=None, state=None, ids=None, out_rows=None):
+            extra = {"weights": weights} if weighted and weights is not None else {}
+            return fn(rows, **self.params.to_dict(), **extra)
+
+    _Rule.__name__ = _Rule.__qualname__ = f"{name_}_rule"
+    return AGGREGATORS.register(_Rule)
+
+
+_function_rule("fedavg", fedavg, weighted=True)
+_function_rule("median", coordinate_median)
+_function_rule("trimmed_mean", trimmed_mean, TrimmedMeanParams)
+_function_rule("krum", krum, KrumParams)
+_function_rule("multi_krum", multi_krum, MultiKrumParams)
+
+
+@AGGREGATORS.register
+class FoolsGold(Aggregator):
+    """FoolsGold: weights from each participant's summed output-layer history
+    (`foolsgold_weights`), then the weighted mean of the full updates (`fedavg`)."""
+
+    name, Params, stateful = "foolsgold", FoolsGoldParams, True
+
+    def init(self, num_participants: int, out_dim: int, like: Tensor) -> Tensor:
+        return torch.zeros(num_participants, out_dim, dtype=like.dtype, device=like.device)
+
+    def __call__(self, rows, *, weights=None, state=None, ids=None, out_rows=None):
+        idx = torch.as_tensor(ids, device=out_rows.device)
+        past = state[idx].clone()
+        state[idx] += out_rows
+        w = foolsgold_weights(out_rows, past, **self.params.to_dict()).to(rows.dtype)
+        return fedavg(rows, w) if w.sum() > 0 else None
+
+
+def build(name: str, aggregator_params, context: dict) -> Aggregator:
+    cls = AGGREGATORS.get(name)
+    return cls(cls.validate(aggregator_params, context))

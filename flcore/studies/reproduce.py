@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from flcore.cli import command
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("quick", "paper")  # every notebook has a YAML in these; other params/<name>/ folders
 # (e.g. params/defense-cifar/) are extra profiles that run the notebooks they have a YAML for
@@ -164,7 +162,6 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     return written
 
 
-@command("reproduce")
 def cmd_reproduce(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flcore reproduce",
                                 description="Execute the workbook's notebooks with papermill.")  # fmt: skip

@@ -1,4 +1,4 @@
-"""The paper's metrics (SPEC §3, paper Table 1), on confusion matrices and run results.
+"""The paper's metrics (paper Table 1), on confusion matrices and run results.
 
 All percentages are in [0, 100]. Confusion matrices are indexed [true class, predicted class].
 """
@@ -59,7 +59,7 @@ def targeting_deltas(clean_recall: np.ndarray, poisoned_recall: np.ndarray, src:
     clean_recall, poisoned_recall: per-class recall [C] (or [..., C], reduced over leading
     axes by the caller). Returns the change of the source recall, of the target recall, and
     two readings of "the recall of all remaining classes": the summed change over the other
-    classes (SPEC's reading) and their mean change, which is the change of their pooled recall
+    classes (the literal reading) and their mean change, which is the change of their pooled recall
     on a class-balanced test set (every test set and subset here is class-balanced).
     """
     d = np.asarray(poisoned_recall, dtype=float) - np.asarray(clean_recall, dtype=float)
@@ -73,7 +73,7 @@ def targeting_deltas(clean_recall: np.ndarray, poisoned_recall: np.ndarray, src:
 
 
 def final_metrics(result, src: int | None = None, tgt: int | None = None) -> pd.DataFrame:
-    """Per repeat of a `flcore.engine.Result`: final accuracy, every class recall, m_cnt(src→tgt).
+    """Per repeat of a `flcore.sim.result.Result`: final accuracy, every class recall, m_cnt(src→tgt).
 
     One row per repeat: repeat, accuracy, recall_0 … recall_9, m_cnt, source_recall,
     target_recall, diverged (values NaN for a diverged repeat). src, tgt: this pair instead

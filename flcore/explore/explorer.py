@@ -36,15 +36,13 @@ from typing import Any
 import numpy as np
 
 from flcore.config import STRATEGIES, Config, ConfigError
-from flcore.data import CIFAR10_CLASSES, FMNIST_CLASSES
+from flcore.data.specs import DATASETS
 
-DATASET_LABELS = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
-CLASS_NAMES = {"fmnist": FMNIST_CLASSES, "cifar10": CIFAR10_CLASSES}
-# The paper's source → target pairs (SPEC §6), the first one of each is the default.
-PAIRS = {
-    "fmnist": ((4, 6), (6, 0), (1, 3)),
-    "cifar10": ((5, 3), (0, 2), (1, 9)),
-}
+# Names and the paper's source → target pairs come from the dataset specs (the first pair of
+# each is the default); a registered dataset with pairs appears in the explorer by itself.
+DATASET_LABELS = {name: DATASETS.get(name).title for name in DATASETS}
+CLASS_NAMES = {name: DATASETS.get(name).classes for name in DATASETS}
+PAIRS = {name: DATASETS.get(name).pairs for name in DATASETS if DATASETS.get(name).pairs}
 STRATEGY_LABELS = {
     "random": "random selection",
     "early": "early poisoning (r < b)",
@@ -423,7 +421,7 @@ class Explorer:
 
     def _run(self, cfg: Config):
         """One federation through the in-memory cache and the result store."""
-        from flcore.engine import run
+        from flcore.runs.runner import run
 
         key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
         if key in self._memory:

@@ -1,34 +1,15 @@
-"""The threat model (SPEC §2): who is malicious, what they do, and who gets selected when.
+"""Who is malicious and who gets selected when (the paper's threat model and strategies).
 
-Every random choice of a run is drawn from a generator derived from (seed, repeat, purpose),
-see `rng_for` / `torch_seed_for`, so both engines, every process and every machine draw the
-same malicious set, the same selections and the same shuffles for the same configuration.
+Every draw comes from a stream of flcore.core.streams, so both engines, every process and
+every machine draw the same malicious set and the same selections for the same config.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from flcore.config import Config
-
-# Purposes of the independent random streams of one repeat.
-STREAM_MALICIOUS, STREAM_PARTITION, STREAM_SELECTION, STREAM_INIT, STREAM_LOCAL = range(5)
-
-
-def rng_for(seed: int, repeat: int, stream: int, *more: int) -> np.random.Generator:
-    return np.random.default_rng([seed, repeat, stream, *more])
-
-
-def torch_seed_for(seed: int, repeat: int, stream: int, *more: int) -> int:
-    ss = np.random.SeedSequence([seed, repeat, stream, *more])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def torch_generator(seed: int, repeat: int, stream: int, *more: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(torch_seed_for(seed, repeat, stream, *more))
-    return g
+from flcore.core.streams import STREAM_MALICIOUS, STREAM_SELECTION, rng_for
 
 
 def malicious_set(cfg: Config, repeat: int) -> np.ndarray:
@@ -37,20 +18,8 @@ def malicious_set(cfg: Config, repeat: int) -> np.ndarray:
     return np.sort(rng.choice(cfg.num_participants, size=cfg.num_malicious, replace=False))
 
 
-def flip_labels(labels: torch.Tensor, malicious: torch.Tensor, src, tgt) -> torch.Tensor:
-    """Label flipping src -> tgt on malicious participants' copies.
-
-    labels:    int64 [..., n] (a participant's or a stack of participants' labels);
-    malicious: bool broadcastable to labels (e.g. [G, 1] for a stack of G participants);
-    src, tgt:  class indices, or int64 tensors broadcastable to labels (one pair per model).
-    Returns a new tensor; the input (the shared dataset's labels) is never modified.
-    """
-    tgt = torch.as_tensor(tgt, dtype=labels.dtype, device=labels.device)
-    return torch.where(malicious & (labels == src), tgt, labels)
-
-
 class Selection:
-    """Participant selection (SPEC §2): `select(round, rng) -> k distinct participant ids`.
+    """Participant selection: `select(round, rng) -> k distinct participant ids`.
 
     strategy "random":       k uniformly at random every round [RandomSelection];
     strategy "early":        malicious ones only in rounds r < break_round [AfterBreakpoint];

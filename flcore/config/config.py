@@ -1,43 +1,35 @@
 """One experiment's configuration, validated up front.
 
 `Config` holds everything that determines a run's numbers. It is checked completely when it
-is made, and every error names the bad value, what is allowed and the fix, so a sweep never
-dies hours in on a typo.
+is made, nested option dicts included (`attack_params`, `defense_params`,
+`aggregator_params`, each against its extension's `Params` dataclass), and every error names
+the bad value, what is allowed and the fix, so a sweep never dies hours in on a typo and the
+command line exits 2 before any data is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("fmnist", "cifar10")
+from flcore.attacks import ATTACKS
+from flcore.core.errors import ConfigError, suggest
+from flcore.data.specs import DATASETS
+from flcore.defenses import AGGREGATORS, DEFENSES
+
 STRATEGIES = ("random", "early", "late", "availability")
 PARTITIONS = ("iid", "dirichlet")
 PRECISIONS = ("auto", "fp32", "bf16", "fp64")  # fp64: for verifying the engines against each other
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("fast", "reference")
 RECORD_UPDATES = ("none", "source", "all")
-
-# The reference code's hyperparameters (SPEC §5). lr_step is in *participant* epochs, as in
-# the reference code; see `Config.lr_at` for how it maps to global rounds.
-DATASET_DEFAULTS: dict[str, dict[str, float | int]] = {
-    "fmnist": dict(batch_size=4, lr=0.001, momentum=0.9, lr_step=10, lr_gamma=0.1),
-    "cifar10": dict(batch_size=10, lr=0.01, momentum=0.5, lr_step=50, lr_gamma=0.5),
-}
+TRAINING_DEFAULTS = ("batch_size", "lr", "momentum", "lr_step", "lr_gamma")  # from the dataset spec
 LR_MIN = 1e-10
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # both built-in datasets; a Config's own count is `Config.num_classes`
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the value and the fix."""
-
-
-def suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+__all__ = ["Config", "ConfigError", "suggest"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +53,7 @@ class Config:
     break_round: int = 75
     repeats: int = 1
     seed: int = 0
-    # training (None = the dataset's reference value, SPEC §5)
+    # training (None = the dataset's reference value, flcore.data.specs)
     batch_size: int | None = None
     lr: float | None = None
     momentum: float | None = None
@@ -88,8 +80,11 @@ class Config:
     # aggregation and defense
     aggregator: str = "fedavg"
     aggregator_params: dict = field(default_factory=dict)
-    defense: str | None = None  # "pca": the online PCA detector (flcore.defense)
+    defense: str | None = None  # a registered defense (flcore.defenses.DEFENSES), e.g. "pca"
     defense_params: dict = field(default_factory=dict)
+    # the attack of malicious participants (flcore.attacks.ATTACKS); label_flip: src -> tgt
+    attack: str = "label_flip"
+    attack_params: dict = field(default_factory=dict)
     # execution (device and precision change float rounding, so they are part of the key)
     device: str = "auto"
     precision: str = "auto"
@@ -105,9 +100,8 @@ class Config:
                 isinstance(c, int) and not isinstance(c, bool) and 0 <= c < NUM_CLASSES
                 for c in self.eval_classes):  # fmt: skip  (else left as given, for the error)
             object.__setattr__(self, "eval_classes", tuple(sorted(set(self.eval_classes))))
-        defaults = DATASET_DEFAULTS.get(self.dataset, {})
-        if self.dataset in DATASET_DEFAULTS:
-            for name, value in defaults.items():
+        if self.dataset in DATASETS:
+            for name, value in DATASETS.get(self.dataset).defaults.items():
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, value)
         self._validate()
@@ -162,8 +156,59 @@ class Config:
         return dataclasses.asdict(self)
 
     def key_dict(self) -> dict:
-        """The fields that determine the numbers (for the result store's hash)."""
-        return self.to_dict()
+        """The fields that determine the numbers (for the result store's hash): every field,
+        with the option dicts resolved (every default of the extension's `Params` filled in),
+        so changing a default can never serve a result computed under the old one."""
+        d = self.to_dict()
+        d.update(self.resolved_params())
+        return d
+
+    # ---- the extensions ----------------------------------------------------------------------
+    @property
+    def spec(self):
+        """The dataset's `flcore.data.DatasetSpec`."""
+        return DATASETS.get(self.dataset)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def _context(self) -> dict:
+        """What a Params check may depend on."""
+        return dict(dataset=self.dataset, k=self.k, num_participants=self.num_participants,
+                    num_classes=self.num_classes, src=self.src, tgt=self.tgt, rounds=self.rounds)  # fmt: skip
+
+    def resolved_params(self) -> dict:
+        """attack_params, aggregator_params and defense_params with every default filled in."""
+        ctx = self._context()
+        out = {
+            "attack_params": ATTACKS.get(self.attack).validate(self.attack_params, ctx).to_dict(),
+            "aggregator_params": AGGREGATORS.get(self.aggregator).validate(self.aggregator_params, ctx).to_dict(),
+        }
+        if self.defense is not None:
+            out["defense_params"] = DEFENSES.get(self.defense).validate(self.defense_params, ctx).to_dict()
+        return out
+
+    def build_attack(self):
+        """The configured `flcore.attacks.Attack` (validated)."""
+        from flcore.attacks import build
+
+        return build(self.attack, self.attack_params, src=self.src, tgt=self.tgt,
+                     num_classes=self.num_classes, context=self._context())  # fmt: skip
+
+    def build_defense(self):
+        """The configured `flcore.defenses.Defense`, or None."""
+        if self.defense is None:
+            return None
+        from flcore.defenses.base import build
+
+        return build(self.defense, self.defense_params, self._context())
+
+    def build_aggregator(self):
+        """The configured `flcore.defenses.Aggregator`."""
+        from flcore.defenses.aggregators import build
+
+        return build(self.aggregator, self.aggregator_params, self._context())
 
     # ---- validation ---------------------------------------------------------------------
     def _validate(self) -> None:
@@ -180,7 +225,8 @@ class Config:
             if v not in valid:
                 fail(f"{name}={v!r}: unknown {name}{suggest(v, valid)} (valid: {', '.join(map(str, valid))})")
 
-        choice("dataset", DATASETS)
+        choice("dataset", DATASETS.names())
+        n_cls = self.num_classes
         choice("strategy", STRATEGIES)
         choice("partition", PARTITIONS)
         choice("precision", PRECISIONS)
@@ -195,8 +241,8 @@ class Config:
                 fail(f"{name}={getattr(self, name)}: {name} must be a positive integer (>= 1)")
         ec = self.eval_classes
         if ec is not None and (not isinstance(ec, tuple) or not ec
-                               or not all(isinstance(c, int) and 0 <= c < NUM_CLASSES for c in ec)):  # fmt: skip
-            fail(f"eval_classes={ec!r}: give a non-empty list of class indices in 0..{NUM_CLASSES - 1} "
+                               or not all(isinstance(c, int) and 0 <= c < n_cls for c in ec)):  # fmt: skip
+            fail(f"eval_classes={ec!r}: give a non-empty list of class indices in 0..{n_cls - 1} "
                  f"(e.g. [{self.src}] for the source class), or None for all classes")  # fmt: skip
         check_type("warm_start", int, "an integer number of clean rounds (0: none)")
         if self.warm_start < 0:
@@ -225,9 +271,9 @@ class Config:
             fail(f"k={self.k} > num_participants={self.num_participants}: cannot select more "
                  f"participants per round than exist; lower k or raise num_participants")  # fmt: skip
         for name in ("src", "tgt"):
-            check_type(name, int, f"a class index in 0..{NUM_CLASSES - 1}")
-            if not 0 <= getattr(self, name) < NUM_CLASSES:
-                fail(f"{name}={getattr(self, name)}: class must be in 0..{NUM_CLASSES - 1} "
+            check_type(name, int, f"a class index in 0..{n_cls - 1}")
+            if not 0 <= getattr(self, name) < n_cls:
+                fail(f"{name}={getattr(self, name)}: class must be in 0..{n_cls - 1} "
                      f"for {self.dataset}")  # fmt: skip
         if self.src == self.tgt:
             fail(f"src=tgt={self.src}: label flipping needs two different classes")
@@ -255,26 +301,27 @@ class Config:
             v = getattr(self, name)
             if v is not None:
                 check_type(name, int, "a positive integer or None (all)")
-                if v < NUM_CLASSES:
-                    fail(f"{name}={v}: a class-balanced subset needs at least {NUM_CLASSES} images")
+                if v < n_cls:
+                    fail(f"{name}={v}: a class-balanced subset needs at least {n_cls} images")
+                size = self.spec.train_size if name == "n_train" else self.spec.test_size
+                if v > size:
+                    split = "training" if name == "n_train" else "test"
+                    fail(f"{name}={v}: {self.spec.title}'s {split} split has only {size} images; "
+                         f"lower {name} to at most {size}, or None for all of them")  # fmt: skip
         if self.n_train is not None and self.n_train < self.num_participants * self.batch_size:
             fail(f"n_train={self.n_train}: each of the {self.num_participants} participants needs "
                  f"at least one batch of {self.batch_size}; raise n_train to at least "
                  f"{self.num_participants * self.batch_size}")  # fmt: skip
-        for name in ("aggregator_params", "defense_params"):
+        for name in ("aggregator_params", "defense_params", "attack_params"):
             v = getattr(self, name)
             if not isinstance(v, dict):
                 fail(f"{name}={v!r} ({type(v).__name__}): {name} must be a dict of options, "
                      f"e.g. {{'beta': 0.2}} for trimmed_mean or {{'start_round': 10}} for the PCA defense")  # fmt: skip
-        if self.aggregator != "fedavg":
-            from flcore.aggregators import AGGREGATORS
-
-            choice("aggregator", tuple(AGGREGATORS))
+        choice("aggregator", AGGREGATORS.names())
+        choice("attack", ATTACKS.names())
         if self.defense is not None:
-            choice("defense", ("pca",))
-            from flcore.defense import RULES
-
-            rule = self.defense_params.get("rule", "smaller")
-            if rule not in RULES:
-                fail(f"defense_params={self.defense_params!r}: rule {rule!r} is unknown; use 'smaller' (the minority cluster), 'far' or "
-                     f"'direction' (the cluster whose updates point against the global source row)")  # fmt: skip
+            choice("defense", DEFENSES.names())
+        elif self.defense_params:
+            fail(f"defense_params={self.defense_params!r} but defense=None: set a defense "
+                 f"({', '.join(DEFENSES.names())}) or drop defense_params")  # fmt: skip
+        self.resolved_params()  # every option of every extension, checked against this config

@@ -1,6 +1,6 @@
-"""The paper's two CNNs (SPEC §4, paper Appendix A), as plain modules and as stacked functions.
+"""The paper's two CNNs (paper Appendix A), as plain modules and as stacked functions.
 
-One architecture description (`ARCHITECTURES`) drives both forms, so they cannot drift apart:
+One architecture description (`flcore.core.layers`, named by each dataset's spec) drives both forms, so they cannot drift apart:
 
 - `build_model(dataset)` gives an ordinary `nn.Sequential` (the sequential reference engine
   trains one of these per participant);
@@ -16,43 +16,19 @@ so a stacked state converts to and from `G` ordinary state dicts by indexing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Layer:
-    kind: str  # conv | bn | relu | pool | flatten | linear
-    args: tuple = ()
+from flcore.core.layers import Layer
+from flcore.data.specs import DATASETS
 
 
-def _conv(cin: int, cout: int, k: int, pad: int) -> Layer:
-    return Layer("conv", (cin, cout, k, pad))
+def architecture(dataset: str) -> tuple[Layer, ...]:
+    """The layer list of `dataset`'s model (its spec's `architecture`)."""
+    return DATASETS.get(dataset).architecture
 
-
-# Fashion-MNIST CNN (paper Table 6): 29,034 parameters.
-FMNIST_CNN = (
-    _conv(1, 16, 5, 2), Layer("bn", (16,)), Layer("relu"), Layer("pool", (2,)),
-    _conv(16, 32, 5, 2), Layer("bn", (32,)), Layer("relu"), Layer("pool", (2,)),
-    Layer("flatten"), Layer("linear", (1568, 10)),
-)  # fmt: skip
-
-# CIFAR-10 CNN (paper Table 5): 551,466 parameters. The reference code orders each block
-# Conv -> ReLU -> BatchNorm, and applies a softmax before cross-entropy; we return logits.
-CIFAR10_CNN = (
-    _conv(3, 32, 3, 1), Layer("relu"), Layer("bn", (32,)),
-    _conv(32, 32, 3, 1), Layer("relu"), Layer("bn", (32,)), Layer("pool", (2,)),
-    _conv(32, 64, 3, 1), Layer("relu"), Layer("bn", (64,)),
-    _conv(64, 64, 3, 1), Layer("relu"), Layer("bn", (64,)), Layer("pool", (2,)),
-    _conv(64, 128, 3, 1), Layer("relu"), Layer("bn", (128,)),
-    _conv(128, 128, 3, 1), Layer("relu"), Layer("bn", (128,)), Layer("pool", (2,)),
-    Layer("flatten"), Layer("linear", (2048, 128)), Layer("relu"), Layer("linear", (128, 10)),
-)  # fmt: skip
-
-ARCHITECTURES: dict[str, tuple[Layer, ...]] = {"fmnist": FMNIST_CNN, "cifar10": CIFAR10_CNN}
 
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
@@ -77,9 +53,7 @@ def _module(layer: Layer) -> nn.Module:
 
 def build_model(dataset: str) -> nn.Sequential:
     """The paper's CNN for `dataset` ("fmnist" or "cifar10"): input float [B, C, H, W], output logits [B, 10]."""
-    if dataset not in ARCHITECTURES:
-        raise ValueError(f"dataset={dataset!r}: no model; valid: {sorted(ARCHITECTURES)}")
-    return nn.Sequential(*(_module(layer) for layer in ARCHITECTURES[dataset]))
+    return nn.Sequential(*(_module(layer) for layer in architecture(dataset)))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -88,7 +62,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def last_linear_weight_name(dataset: str) -> str:
     """State-dict name of the output layer's weight [10, F] (the defense reads its rows)."""
-    spec = ARCHITECTURES[dataset]
+    spec = architecture(dataset)
     return f"{len(spec) - 1}.weight"
 
 

@@ -3,8 +3,9 @@
 Where the data comes from (first match wins):
 
 1. ``root=`` given to :func:`load_dataset` (a directory, or for CIFAR-10 also an archive file);
-2. else the ``FLCORE_DATA`` environment variable (one path, or several joined by ``os.pathsep``);
-3. else well-known places (:data:`FMNIST_WELL_KNOWN`, :data:`CIFAR_WELL_KNOWN`);
+2. else the ``FLCORE_DATA`` environment variable (one path, or several joined by ``os.pathsep``),
+   searched first;
+3. then well-known places (:data:`FMNIST_WELL_KNOWN`, :data:`CIFAR_WELL_KNOWN`);
 4. finally the user cache directory (``$XDG_CACHE_HOME/flcore`` or ``~/.cache/flcore``), where
    ``download=True`` puts the official files when nothing was found anywhere.
 
@@ -46,7 +47,7 @@ import torch
 __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR_WELL_KNOWN",
-    "DATASETS",
+    "BUILTIN",
     "FMNIST_CLASSES",
     "FMNIST_WELL_KNOWN",
     "Dataset",
@@ -61,7 +62,7 @@ __all__ = [
     "partition_iid",
 ]
 
-DATASETS = ("fmnist", "cifar10")
+BUILTIN = ("fmnist", "cifar10")  # the datasets this module reads (flcore.data.specs registers them)
 
 FMNIST_CLASSES = (
     "t-shirt/top",
@@ -93,7 +94,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-#: Well-known places searched for Fashion-MNIST when neither ``root=`` nor ``FLCORE_DATA`` is set.
+#: Well-known places searched for Fashion-MNIST when ``root=`` is not given (after ``FLCORE_DATA``).
 #: Relative paths are taken relative to the current directory; ``~`` is expanded at load time.
 FMNIST_WELL_KNOWN: list[str] = ["/usr/share/datasets/fashion-mnist"]
 #: Well-known places searched for CIFAR-10 (same rules as :data:`FMNIST_WELL_KNOWN`).
@@ -493,14 +494,14 @@ def _find_cifar(root: Path) -> tuple[_Found | None, str]:
 
 
 def _candidate_places(name: str, root) -> list[tuple[Path, str]]:
-    """[(path, why)] to search: root=, else FLCORE_DATA, else the well-known places."""
+    """[(path, why)] to search: root= alone when given; else FLCORE_DATA's paths first, then
+    the well-known places (setting FLCORE_DATA adds places, it never hides the well-known ones)."""
     if root is not None:
         return [(_expand(root), "root= argument")]
-    env = os.environ.get("FLCORE_DATA")
-    if env:
-        return [(_expand(p), "FLCORE_DATA") for p in env.split(os.pathsep) if p]
+    env = os.environ.get("FLCORE_DATA", "")
     wk = FMNIST_WELL_KNOWN if name == "fmnist" else CIFAR_WELL_KNOWN
-    return [(_expand(p), "well-known place") for p in wk]
+    return ([(_expand(p), "FLCORE_DATA") for p in env.split(os.pathsep) if p]
+            + [(_expand(p), "well-known place") for p in wk])  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,8 +525,9 @@ def load_dataset(
     name = name.lower().replace("-", "").replace("_", "")
     if name in ("fashionmnist", "fmnist"):
         name = "fmnist"
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if name not in BUILTIN:
+        raise ValueError(f"unknown dataset {name!r}; this loader reads {BUILTIN} (others: register a "
+                         f"flcore.data.DatasetSpec with a loader of its own)")
     finder = _find_fmnist if name == "fmnist" else _find_cifar
 
     cache = cache_dir()

@@ -50,8 +50,8 @@ __all__ = [
     "updates_frame",
 ]
 
-_CLUSTERERS = ("kmeans", "gmm")
-RULES = ("smaller", "far", "direction")  # PCADetector.rule
+from flcore.defenses.pca import CLUSTERERS as _CLUSTERERS  # noqa: E402
+from flcore.defenses.pca import RULES  # noqa: E402
 
 
 def _to_numpy(a, dtype=None) -> np.ndarray:
@@ -519,7 +519,7 @@ class OnlineDetector:
 
 
 def result_updates(result, repeat: int, src: int | None = None, rounds_from: int = 10):
-    """Detector input from one repeat of a `flcore.engine.Result` run with
+    """Detector input from one repeat of a `flcore.sim.result.Result` run with
     ``record_updates="source"`` or ``"all"``: ``(X [n, F], meta)`` as `updates_frame`."""
     if result.updates is None:
         raise ValueError(

@@ -19,7 +19,7 @@ where it stopped. With `executor=` a `dask.distributed.Client`, each pending con
 is one task (retried on failure; a task on a worker that dies is rescheduled by Dask) and
 the workers write to the shared store themselves.
 
-The module is callable, so `flcore.sweep(grid)` is `flcore.sweep.sweep(grid)`.
+`flcore.sweep(grid)` is this module's `sweep(grid)`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import os
 import re
 import sys
 import time
-import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from typing import Any
 import pandas as pd
 
 from flcore import __version__
-from flcore.cli import command
 from flcore.config import Config, ConfigError, suggest
 
 __all__ = ["GridError", "expand", "load_grid", "store_key", "sweep", "table"]
@@ -231,8 +229,8 @@ def _as_configs(grid_or_configs) -> list[Config]:
 
 
 def store_key(cfg: Config) -> str:
-    """The store key `flcore.engine.run` uses for `cfg` on this machine."""
-    from flcore.engine import store_key as engine_store_key
+    """The store key `flcore.runs.runner.run` uses for `cfg` on this machine."""
+    from flcore.runs.runner import store_key as engine_store_key
 
     return engine_store_key(cfg)
 
@@ -263,7 +261,7 @@ def table(store, keys: Iterable[str]) -> pd.DataFrame:
     diverged, see the `diverged` column), `wall_s`, then the final round's `repeat`,
     `accuracy`, `source_recall`, `target_recall` (%) and `diverged`.
     """
-    from flcore.store import Store
+    from flcore.runs.store import Store
 
     st = store if hasattr(store, "get") else Store(store)
     parts = []
@@ -297,13 +295,13 @@ def _run_one(
     """
     import torch
 
-    from flcore.engine import run
+    from flcore.runs.runner import run
 
     if threads:
         torch.set_num_threads(int(threads))
     cfg = Config.from_dict(cfg_dict)
     key = store_key(cfg)
-    from flcore.store import Store
+    from flcore.runs.store import Store
 
     st = Store(store)
     existed = st.has(key)
@@ -320,7 +318,7 @@ def _run_one(
 
 def _task_key(key: str | None, cfg: Config) -> str:
     if key is None:
-        from flcore.store import config_key
+        from flcore.runs.store import config_key
 
         key = config_key(cfg.key_dict(), __version__)
     return f"flcore-run-{key}"
@@ -355,7 +353,7 @@ def sweep(
     configuration that fails (after retries) stops the sweep with its original exception;
     everything finished is stored, so running the sweep again resumes.
     """
-    from flcore.store import Store
+    from flcore.runs.store import Store
 
     configs = _as_configs(grid_or_configs)
     store = os.fspath(store)
@@ -455,7 +453,6 @@ def _short(cfg: Config) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-@command("sweep")
 def cmd_sweep(argv: list[str]) -> int:
     import argparse
 
@@ -490,7 +487,7 @@ def cmd_sweep(argv: list[str]) -> int:
         p.error(f"--threads {a.threads}: give at least 1 thread")
 
     from flcore.data import DatasetFormatError, DatasetNotFoundError
-    from flcore.store import Store, StoreError
+    from flcore.runs.store import Store, StoreError
 
     try:
         configs = expand(load_grid(a.grid))
@@ -555,14 +552,4 @@ def _print_summary(grid, df: pd.DataFrame, info: dict, wall: float) -> None:
             summ["runs"] = g.size()
             with pd.option_context("display.max_rows", 40, "display.width", 120):
                 print(summ.to_string())
-    print(f"results: {info['store']}  (flcore.store.open({info['store']!r}).table())")
-
-
-# `flcore.sweep(grid)`: the module itself calls `sweep`, so the function and the module share
-# the name without one shadowing the other.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+    print(f"results: {info['store']}  (flcore.runs.store.open({info['store']!r}).table())")

@@ -26,25 +26,27 @@ import numpy as np
 import pandas as pd
 
 from flcore.config import NUM_CLASSES, Config
-from flcore.engine import Result, run_many
-from flcore.metrics import final_metrics, mean_std, source_recall_loss, targeting_deltas
+from flcore.data.specs import DATASETS
+from flcore.runs.runner import run_many
+from flcore.sim.metrics import final_metrics, mean_std, source_recall_loss, targeting_deltas
+from flcore.sim.result import Result
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# The paper's source → target pairs (SPEC §6).
-PAIRS = {"cifar10": [(0, 2), (1, 9), (5, 3)], "fmnist": [(1, 3), (4, 6), (6, 0)]}
-DATASET_LABEL = {"cifar10": "CIFAR-10", "fmnist": "F-MNIST"}
-CLASS_NAMES = {
-    "fmnist": ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-               "sneaker", "bag", "ankle boot"],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                "ship", "truck"],
-}  # fmt: skip
+# The paper's source → target pairs per dataset, in class order (from the dataset specs).
+PAIRS = {name: sorted(DATASETS.get(name).pairs) for name in DATASETS}
+
+
+def dataset_label(dataset: str) -> str:
+    """The short name of a dataset in tables and plots ("F-MNIST")."""
+    return DATASETS.get(dataset).label if dataset in DATASETS else str(dataset)
+
+
 # m = 0 trains the same whatever the pair; this one names the baseline in the store.
 BASELINE_PAIR = (0, 1)
 
 # ------------------------------------------------------------------------------------------
-# Published numbers (SPEC §8), as data
+# Published numbers (the paper's Tables 2-4), as data
 # ------------------------------------------------------------------------------------------
 
 _T2_M = (0.02, 0.04, 0.10, 0.20, 0.30, 0.40, 0.50)
@@ -137,7 +139,7 @@ def baseline_config(cfg: Config) -> Config:
     return cfg.replace(m=0.0, src=BASELINE_PAIR[0], tgt=BASELINE_PAIR[1], strategy="random",
                        alpha=None, break_round=Config.break_round, record_updates="none",
                        eval_every=1, eval_classes=sources if cfg.src in sources else None,
-                       defense=None)  # fmt: skip
+                       defense=None, defense_params={}, attack="label_flip", attack_params={})  # fmt: skip
 
 
 def _baseline_for(cfg: Config, baseline_repeats=None) -> Config:
@@ -150,7 +152,7 @@ def run_grid(configs: Iterable[Config], store="results", progress: bool = True) 
     """Run (or load from the result store) each configuration; results in input order.
 
     Compatible configurations (differing only in the attack and selection) train together
-    as one stacked model (`flcore.engine.run_many`)."""
+    as one stacked model (`flcore.runs.runner.run_many`)."""
     store = None if store is None else repo_path(store)
     return run_many(list(configs), store=store, progress=progress)
 
@@ -178,7 +180,7 @@ def _ok_repeats(res: Result) -> np.ndarray:
 
 def final_frame(res: Result, src: int | None = None, tgt: int | None = None) -> pd.DataFrame:
     """One row per non-diverged repeat: final accuracy and class recalls of `res`
-    (`flcore.metrics.final_metrics`), the study keys and n_mal_last.
+    (`flcore.sim.metrics.final_metrics`), the study keys and n_mal_last.
 
     src, tgt: read the metrics for this pair instead of the config's (for the baseline).
     """
@@ -332,11 +334,11 @@ _DETECTION_COUNTS = ("tp", "fp", "tn", "fn")
 
 
 def detection_frame(results: Sequence[Result], rounds_from: int = 10, how: str = "mean") -> pd.DataFrame:
-    """Algorithm 1 with a decision (`flcore.defense.evaluate_detection`) scored against the
+    """Algorithm 1 with a decision (`flcore.defenses.detector.evaluate_detection`) scored against the
     truth for every run and repeat: one row per (run, repeat, level), level "update" (each
     recorded update judged) or "participant" (a participant's updates aggregated by `how`),
     with precision, recall, f1, fpr, roc_auc and the counts tp, fp, tn, fn."""
-    from flcore.defense import evaluate_detection
+    from flcore.defenses.detector import evaluate_detection
 
     frames = []
     for res in results:
@@ -368,7 +370,7 @@ def defense_config(cfg: Config, defense: str, aggregator_params: dict | None = N
 
     aggregator_params: {defense name: params} overriding `DEFENSES`' defaults, e.g.
     {"trimmed_mean": {"beta": 0.4}}; pca_params: `defense_params` of the PCA detector
-    (defaults: `flcore.engine.DEFENSE_DEFAULTS`).
+    (defaults: `flcore.defenses.pca.PCAParams`).
     """
     if defense not in DEFENSES:
         from flcore.config import suggest
@@ -609,12 +611,12 @@ def pca_frame(results: Sequence[Result], rounds_from: int = 1, how: str = "mean"
     principal components. One row per (run, round, participant): dataset, src, tgt, m,
     round, participant, malicious, pc1, pc2, separation (ROC AUC of the better PC against the
     truth, folded to ≥ 0.5; 1 = perfectly separated), and the decision of
-    `flcore.defense.PCADetector` fitted on the same rows: score (suspicion of the update),
+    `flcore.defenses.detector.PCADetector` fitted on the same rows: score (suspicion of the update),
     flagged (the update falls in the malicious cluster), participant_flagged (the
     participant's verdict over all its updates, `participant_verdict(how)`)."""
     from sklearn.metrics import roc_auc_score
 
-    from flcore.defense import PCADetector, participant_verdict, updates_frame
+    from flcore.defenses.detector import PCADetector, participant_verdict, updates_frame
 
     frames = []
     for res in results:
@@ -673,7 +675,7 @@ def _compare_settings(table: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
 
 def compare_table3(t3: pd.DataFrame) -> pd.DataFrame:
     """Ours beside the paper's Table 3. The paper has one column for the other classes ("loss in
-    recall of all remaining classes"); SPEC reads it as a sum, but its size (0.01–0.34 pp) is
+    recall of all remaining classes"); read literally it is a sum, but its size (0.01–0.34 pp) is
     that of a per-class mean, so the paper's value stands beside both of our readings."""
     paper = PAPER_TABLE3.assign(delta_others_mean=PAPER_TABLE3["delta_others_sum"])
     return _compare_settings(t3, paper)
@@ -690,7 +692,7 @@ def agreement_table2(t2: pd.DataFrame) -> str:
         v = g["mean"].to_numpy()
         grows = bool(np.all(np.diff(v) > 0)) if len(v) > 1 else None
         trend = {True: "grows with m", False: "does not grow monotonically with m", None: "one m only"}
-        out.append(f"{DATASET_LABEL[d]} {s}→{t}: the loss {trend[grows]} and reaches "
+        out.append(f"{dataset_label(d)} {s}→{t}: the loss {trend[grows]} and reaches "
                    f"{v[-1]:.1f} pp at m={100 * g['m'].iloc[-1]:g}%.")  # fmt: skip
     return " ".join(out)
 
@@ -750,7 +752,7 @@ def rounds_note(warm_start=0) -> str:
     ws = {k: v for k, v in warm_start.items() if v} if isinstance(warm_start, dict) else warm_start
     if not ws:
         return _ROUNDS_NOTE
-    w = ", ".join(f"{DATASET_LABEL.get(d, d)} {v}" for d, v in ws.items()) if isinstance(ws, dict) else str(ws)
+    w = ", ".join(f"{dataset_label(d)} {v}" for d, v in ws.items()) if isinstance(ws, dict) else str(ws)
     return ("The paper trains 200 rounds. Here every run starts from the clean FedAvg model "
             f"after a warm-up of {w} rounds (trained once and shared by all runs, "
             "`Config.warm_start`), so round r on the plots is round warm-up + r of the "
@@ -760,7 +762,7 @@ def rounds_note(warm_start=0) -> str:
 
 
 def _pair(d, s, t) -> str:
-    return f"{DATASET_LABEL.get(d, d)} {s}→{t}"
+    return f"{dataset_label(d)} {s}→{t}"
 
 
 def agreement_table3(t3: pd.DataFrame) -> str:

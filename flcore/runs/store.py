@@ -961,5 +961,5 @@ class Store:
 
 
 def open(path: str | os.PathLike, **kwargs: Any) -> Store:
-    """``flcore.store.open(path).table()``"""
+    """``flcore.runs.store.open(path).table()``"""
     return Store(path, **kwargs)

@@ -1,0 +1,12 @@
+"""Attacks: what malicious participants do to their training data (`flcore.attacks.base`).
+
+Registered: label_flip (the paper's targeted flip src -> tgt), random_flip (untargeted),
+many_to_one (several sources -> tgt). A new attack is one module that subclasses `Attack`
+and registers it in `ATTACKS` (docs/EXTENDING.md).
+"""
+
+from flcore.attacks import label_flip, many_to_one, random_flip  # noqa: F401  (registration)
+from flcore.attacks.base import ATTACKS, Attack, NoParams, PoisonContext, build
+from flcore.attacks.label_flip import flip_labels
+
+__all__ = ["ATTACKS", "Attack", "NoParams", "PoisonContext", "build", "flip_labels"]

@@ -1,0 +1,15 @@
+"""Defenses and aggregation rules: the aggregator's side of a round.
+
+- `DEFENSES` (flcore.defenses.base): filters that decide who is kept each round; registered:
+  "pca" (the paper's PCA detector, acting online with blocking).
+- `AGGREGATORS` (flcore.defenses.aggregators): fedavg, median, trimmed_mean, krum,
+  multi_krum, foolsgold.
+- flcore.defenses.detector: the PCA detector itself and offline detection scoring
+  (imports scikit-learn; nothing here loads it until a PCA defense starts).
+"""
+
+from flcore.defenses import pca  # noqa: F401  (registration)
+from flcore.defenses.aggregators import AGGREGATORS, Aggregator
+from flcore.defenses.base import DEFENSES, Defense, Federation, RoundUpdates
+
+__all__ = ["AGGREGATORS", "DEFENSES", "Aggregator", "Defense", "Federation", "RoundUpdates"]

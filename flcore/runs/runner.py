@@ -1,0 +1,256 @@
+"""Running configurations: resolve, look up the store, warm-start, load data, simulate, store.
+
+`run(config)` and `run_many(configs)` are the entry points; the engines below them
+(flcore.sim) only simulate a prepared plan. A configuration already in the result store (same
+resolved config, same flcore version, same device kind and precision) is loaded, not
+retrained; `run_many` stacks compatible configurations into one batched simulation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from flcore import __version__
+from flcore.config import Config
+from flcore.data import DATASETS, Dataset
+from flcore.sim.device import cpu_name, resolve_device, resolve_precision
+from flcore.sim.engine import frames as make_frames
+from flcore.sim.engine import simulate
+from flcore.sim.plan import Plan, make_plan
+from flcore.sim.result import Result
+
+
+def load_data(cfg: Config, data: Dataset | None = None, data_root=None) -> Dataset:
+    """`cfg`'s dataset (its spec's loader, or `data` if given), subset to n_train / n_test."""
+    if data is None:
+        data = DATASETS.get(cfg.dataset).load(root=data_root, progress=False)
+    if cfg.n_train is not None or cfg.n_test is not None:
+        data = data.subset(cfg.n_train, cfg.n_test, seed=cfg.seed)
+    return data
+
+
+def pretrain_config(cfg: Config) -> Config:
+    """The clean warm-up behind `cfg.warm_start`: `cfg`'s data and training settings, m = 0,
+    plain FedAvg, one repeat of `warm_start` rounds, final model kept.
+
+    Everything that does not change a clean run is normalised, so every attack, defense and
+    selection strategy on the same data and seed starts from the same stored model.
+    """
+    return cfg.replace(m=0.0, src=0, tgt=1, strategy="random", alpha=None,
+                       break_round=Config.break_round, repeats=1, rounds=cfg.warm_start,
+                       warm_start=0, eval_every=cfg.warm_start, eval_classes=None, record_updates="none",
+                       aggregator="fedavg", aggregator_params={}, defense=None,
+                       defense_params={}, attack="label_flip", attack_params={}, keep_model=True)  # fmt: skip
+
+
+def warm_state(cfg: Config, *, store="results", data: Dataset | None = None, data_root=None,
+               progress: bool = False) -> dict[str, torch.Tensor] | None:  # fmt: skip
+    """The initial global model of a warm-started config (None if `warm_start` is 0): the
+    final model of `pretrain_config(cfg)`, loaded from the store or trained (and stored)."""
+    if not cfg.warm_start:
+        return None
+    pre = run(pretrain_config(cfg), store=store, data=data, data_root=data_root, progress=progress)
+    return pre.model_state(0)
+
+
+def _warm_starts(cfgs: list[Config], store, data: Dataset | None, data_root, progress):
+    """(data, initial global model per config) for configs of one dataset: one load (or
+    training) per distinct warm-up; the full dataset is loaded once and shared with the runs."""
+    if data is None and any(c.warm_start for c in cfgs):
+        data = DATASETS.get(cfgs[0].dataset).load(root=data_root, progress=False)
+    keys = [store_key(pretrain_config(c)) if c.warm_start else "" for c in cfgs]
+    warm: dict[str, dict | None] = {}
+    for c, key in zip(cfgs, keys):
+        if key not in warm:
+            warm[key] = warm_state(c, store=store, data=data, data_root=data_root, progress=progress)
+    return data, [warm[key] for key in keys]
+
+
+def resolved(config: Config) -> Config:
+    """The config with device and precision resolved for this machine (what the key hashes)."""
+    device = resolve_device(config.device)
+    return config.replace(device=device, precision=resolve_precision(config.precision, device))
+
+
+def store_key(config: Config) -> str:
+    """The result-store key of `config` on this machine (device kind and precision resolved)."""
+    from flcore.runs.store import config_key
+
+    return config_key(resolved(config).key_dict(), __version__)
+
+
+def run(
+    config: Config | dict | None = None,
+    *,
+    store: str | os.PathLike | None = "results",
+    data: Dataset | None = None,
+    data_root=None,
+    progress: bool = True,
+    **overrides,
+) -> Result:
+    """Train `config.repeats` federations and return their `Result`.
+
+    store:  a results directory; a configuration that is already stored there (same
+            normalised config, same flcore version, same device kind and precision) is
+            loaded instead of retrained. None disables the store.
+    data:   an already loaded `flcore.data.Dataset` (else `load_dataset(config.dataset)`).
+    overrides: Config fields, e.g. `run(m=0.1, rounds=20)`.
+    """
+    if config is None:
+        config = Config()
+    if isinstance(config, dict):
+        config = Config.from_dict(config)
+    if overrides:
+        config = config.replace(**overrides)
+    cfg = resolved(config)
+
+    st = None
+    if store is not None:
+        from flcore.runs.store import Store
+
+        st = Store(store)
+        key = store_key(cfg)
+        hit = st.get(key)
+        if hit is not None:
+            return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
+
+    t0 = time.perf_counter()
+    data, (start,) = _warm_starts([cfg], store, data, data_root, progress)
+    data = load_data(cfg, data, data_root)
+    plan = make_plan(cfg, data, start)
+    bar = None
+    if progress:
+        from tqdm import tqdm  # a text bar: widget bars are saved as a dead "0/N" by papermill
+
+        bar = tqdm(total=cfg.rounds * (cfg.repeats if cfg.engine == "reference" else 1),
+                   desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}", unit="round", leave=False)  # fmt: skip
+    try:
+        raw = simulate(cfg, plan, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _finish(cfg, plan, raw, time.perf_counter() - t0, st)
+
+
+def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta) -> Result:
+    """Frames, metadata and the store entry of one configuration's raw arrays."""
+    rounds, recall = make_frames(cfg, plan, raw["confusion"], raw["eval_rounds"], raw["losses"],
+                             raw["diverged_at"])  # fmt: skip
+    diverged = raw["diverged_at"] <= cfg.rounds
+    meta = {
+        "version": __version__,
+        "status": "diverged" if diverged.any() else "ok",
+        "diverged_repeats": [int(j) for j in np.flatnonzero(diverged)],
+        "wall_s": wall_s,
+        "device": cfg.device,
+        "precision": cfg.precision,
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "data_source": plan.data.source,
+        **extra_meta,
+    }
+    result = Result(cfg, rounds, recall, raw["confusion"], raw["eval_rounds"], plan.selected,
+                    plan.malicious, raw["updates"], raw["excluded"], meta, raw.get("model"))  # fmt: skip
+    if st is not None:
+        frames, arrays, meta = result.to_store()
+        st.put(store_key(cfg), cfg.key_dict(), frames, arrays, meta)
+    return result
+
+
+# Fields in which configs batched together by `run_many` may differ: the attack and selection.
+# Everything else (training, aggregation, defense, recording) must be equal.
+BATCHABLE_FIELDS = ("m", "src", "tgt", "strategy", "alpha", "break_round", "repeats", "seed")
+
+
+def _batch_group(cfg: Config):
+    """Configs with equal group keys can train in one stack (None: this one trains alone)."""
+    if cfg.engine != "fast":
+        return None
+    d = cfg.to_dict()
+    subset = cfg.n_train is not None or cfg.n_test is not None  # the subset depends on the seed
+    for name in BATCHABLE_FIELDS:
+        if not (name == "seed" and subset):
+            d.pop(name)
+    return repr(sorted(d.items()))
+
+
+def run_many(configs, *, store="results", data: Dataset | None = None, data_root=None,
+             progress: bool = True) -> list[Result]:  # fmt: skip
+    """Run several configurations, training compatible ones together; results in input order.
+
+    Configs that differ only in the attack and selection (`BATCHABLE_FIELDS`) share one
+    stacked model, so a grid of small configs (e.g. 3 repeats each) trains at the efficiency
+    of one large batch. Each config's numbers are its own (every random stream is keyed by
+    its seed and repeat) and it is stored under its own key; stored configs are loaded.
+    In fp64 a config's numbers are identical batched or alone; in fp32/bf16 they can differ
+    by float rounding, as between any two batchings.
+    """
+    cfgs = [resolved(Config.from_dict(c) if isinstance(c, dict) else c) for c in configs]
+    st = None
+    if store is not None:
+        from flcore.runs.store import Store
+
+        st = Store(store)
+    out: list[Result | None] = [None] * len(cfgs)
+    groups: dict = {}
+    for i, cfg in enumerate(cfgs):
+        hit = st.get(store_key(cfg)) if st is not None else None
+        if hit is not None:
+            out[i] = Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
+            continue
+        key = _batch_group(cfg)
+        if key is None:
+            out[i] = run(cfg, store=store, data=data, data_root=data_root, progress=progress)
+            continue
+        groups.setdefault(key, {}).setdefault(store_key(cfg), []).append(i)  # duplicates train once
+    for members in groups.values():
+        idx = [ii[0] for ii in members.values()]
+        cap = cfgs[idx[0]].spec.max_batched_federations  # bounds memory: G = cap x k models
+        batch: list[int] = []
+        for i in idx + [None]:
+            if i is not None and (not batch or sum(cfgs[b].repeats for b in batch) + cfgs[i].repeats <= cap):
+                batch.append(i)
+                continue
+            results = _run_batch([cfgs[b] for b in batch], st, data, data_root, progress)
+            for b, res in zip(batch, results):
+                for dup in members[store_key(cfgs[b])]:
+                    out[dup] = res
+            batch = [i] if i is not None else []
+    return out
+
+
+def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result]:
+    t0 = time.perf_counter()
+    data, starts = _warm_starts(cfgs, None if st is None else st.path, data, data_root, progress)
+    data_sub = load_data(cfgs[0], data, data_root)
+    plans = [make_plan(c, data_sub, w) for c, w in zip(cfgs, starts)]
+    feds = [(c, pl, j) for c, pl in zip(cfgs, plans) for j in range(c.repeats)]
+    lead = cfgs[0].replace(repeats=len(feds))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=lead.rounds, desc=f"{lead.dataset}: {len(cfgs)} configs, {len(feds)} federations",
+                   unit="round", leave=False)  # fmt: skip
+    try:
+        raw = simulate(lead, plans[0], bar, feds=feds)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = (time.perf_counter() - t0) / len(cfgs)
+    results, start = [], 0
+    for c, pl in zip(cfgs, plans):
+        sl = slice(start, start + c.repeats)
+        start += c.repeats
+        part = {"confusion": raw["confusion"][sl], "eval_rounds": raw["eval_rounds"],
+                "losses": raw["losses"][sl], "diverged_at": raw["diverged_at"][sl],
+                "updates": None if raw["updates"] is None else raw["updates"][sl],
+                "excluded": raw["aggregation"].excluded_frame(range(sl.start, sl.stop)),
+                "model": None if raw["model"] is None else {kk: v[sl] for kk, v in raw["model"].items()}}  # fmt: skip
+        results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs)))
+    return results

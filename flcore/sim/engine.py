@@ -1,0 +1,383 @@
+"""The federated simulator: both engines, simulating a prepared plan (flcore.sim.plan).
+
+`simulate(cfg, plan, ...)` trains `cfg.repeats` federations (or the federations `feds` of
+several compatible configs) and returns raw arrays; flcore.runs turns them into a `Result`,
+stores it and handles warm starts and data loading. Two implementations agree to float
+tolerance, and exactly in fp64:
+
+- `engine="reference"`: the textbook loop. One `nn.Module` and one `torch.optim.SGD` per
+  selected participant, one repeat after another. Small and obviously right.
+- `engine="fast"` (default): every selected participant of a round *and* every federation
+  train at once as one stacked model (`flcore.sim.models.stacked_forward`: grouped
+  convolutions and batched matmuls over a leading model dimension). One SGD step advances
+  all of them, and all federations' global models are evaluated in one batched pass.
+
+Each engine calls every extension hook in exactly one place: the attack's `poison` (labels
+of a local schedule) and `stamp` (images, for a trigger), and `Aggregation` (the defense's
+`filter`, then the aggregation rule). Every random draw comes from the plan's streams.
+
+Local training (documented choices, docs/SETTING.md):
+- participants are stateless: a fresh SGD momentum buffer every round;
+- the learning rate follows the global round (`Config.lr_at`);
+- an epoch is `floor(n_i / batch_size)` full batches of a fresh shuffle of the participant's
+  share (with the paper's iid shares of 1,200 / 1,000 images nothing is dropped);
+- datasets whose spec sets `augment` (CIFAR-10) get a random horizontal flip and a random
+  crop with 4 pixels of zero padding per training sample, from the participant's stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from flcore.attacks import PoisonContext
+from flcore.config import Config
+from flcore.data import augment_crop_flip, normalize
+from flcore.sim.aggregation import Aggregation
+from flcore.sim.device import autocast, dtype_of, to_dtype
+from flcore.sim.metrics import confusion_counts
+from flcore.sim.models import (
+    architecture,
+    build_model,
+    float_keys,
+    last_linear_weight_name,
+    stack_states,
+    stacked_forward,
+)
+from flcore.sim.plan import AttackDraws, Plan, local_schedule, pad_like_schedule
+
+
+def simulate(cfg: Config, plan: Plan, progress=None, feds=None) -> dict:
+    """Train the federations of `plan` (or `feds`: (config, plan, repeat) of several configs
+    that `run_many` may stack) on `cfg.device` in `cfg.precision` (both resolved); returns
+    the raw arrays: confusion, eval_rounds, losses, diverged_at, updates, excluded, model,
+    and `aggregation` (the `Aggregation`, for per-config excluded frames)."""
+    if cfg.device == "auto" or cfg.precision == "auto":
+        raise ValueError("simulate() needs a resolved config (flcore.runs.resolved)")
+    if cfg.engine == "reference":
+        if feds is not None:
+            raise ValueError("the reference engine trains one config's repeats; use engine='fast' to stack")
+        return _run_reference(cfg, plan, cfg.device, cfg.precision, progress)
+    return _run_fast(cfg, plan, cfg.device, cfg.precision, progress, feds=feds)
+
+
+def _test_sets(cfg: Config, x_test: torch.Tensor, y_test: torch.Tensor):
+    """round -> the test images (x, y) evaluated in that round: all in the last round (and
+    without `eval_classes`), else only those of `eval_classes` (selected once per run)."""
+    full = (x_test, y_test)
+    if cfg.eval_classes is None:
+        return lambda rnd: full
+    keep = torch.isin(y_test, torch.tensor(cfg.eval_classes, device=y_test.device))
+    part = (x_test[keep], y_test[keep])
+    return lambda rnd: full if rnd == cfg.rounds else part
+
+
+def frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarray,
+            losses: np.ndarray, diverged_at: np.ndarray):  # fmt: skip
+    """Tidy per-round and per-class frames from the raw arrays."""
+    R, T = cfg.repeats, cfg.rounds
+    n_mal = plan.is_malicious[np.arange(R)[:, None, None], plan.selected].sum(-1)  # [R, T]
+    correct = np.trace(confusion, axis1=-2, axis2=-1)
+    totals = confusion.sum(axis=(-2, -1))
+    acc = np.full((R, T), np.nan)
+    acc[:, eval_rounds - 1] = 100.0 * correct / np.maximum(totals, 1)
+    if cfg.eval_classes is not None:  # rounds evaluated on some classes only have no M_acc
+        acc[:, eval_rounds[eval_rounds < T] - 1] = np.nan
+    rnd = np.arange(1, T + 1)
+    diverged = rnd[None, :] >= diverged_at[:, None]
+    acc[diverged] = np.nan
+    rounds = pd.DataFrame(
+        {
+            "repeat": np.repeat(np.arange(R), T),
+            "round": np.tile(rnd, R),
+            "accuracy": acc.reshape(-1),
+            "n_malicious": n_mal.reshape(-1).astype(np.int64),
+            "lr": np.tile([cfg.lr_at(r) for r in rnd], R),
+            "train_loss": losses.reshape(-1),
+            "diverged": diverged.reshape(-1),
+        }
+    )
+    C = confusion.shape[-1]
+    support = confusion.sum(-1)  # [R, E, C]
+    recall = 100.0 * np.diagonal(confusion, axis1=-2, axis2=-1) / np.maximum(support, 1)
+    recall = np.where(support > 0, recall, np.nan)
+    recall[diverged[:, eval_rounds - 1]] = np.nan
+    E = len(eval_rounds)
+    rec = pd.DataFrame(
+        {
+            "repeat": np.repeat(np.arange(R), E * C),
+            "round": np.tile(np.repeat(eval_rounds, C), R),
+            "cls": np.tile(np.arange(C), R * E),
+            "recall": recall.reshape(-1),
+        }
+    )
+    return rounds, rec
+
+
+# ------------------------------------------------------------------------------------------
+# Reference engine
+# ------------------------------------------------------------------------------------------
+
+
+def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progress) -> dict:
+    data = plan.data
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    eval_rounds = np.asarray(cfg.eval_rounds())
+    test_set = _test_sets(cfg, x_test, y_test)
+    R, T, k = cfg.repeats, cfg.rounds, cfg.k
+    confusion = np.zeros((R, len(eval_rounds), cfg.num_classes, cfg.num_classes), np.int64)
+    losses = np.zeros((R, T))
+    diverged_at = np.full(R, T + 1)
+    updates = _updates_buffer(cfg)
+    w_name = last_linear_weight_name(cfg.dataset)
+    dtype = dtype_of(precision)
+    model = build_model(cfg.dataset).to(device, dtype)
+    aggregate = Aggregation(cfg, [(cfg, plan, j) for j in range(R)], float_keys(plan.init[0]))
+    attack = cfg.build_attack()
+    augment = cfg.spec.augment
+    src1, tgt1 = torch.tensor([cfg.src], device=device), torch.tensor([cfg.tgt], device=device)
+    finals = []
+    for j in range(R):
+        global_state = to_dtype(plan.init[j], dtype, device)
+        e = 0
+        for r in range(1, T + 1):
+            returned = []
+            for s, p in enumerate(plan.selected[j, r - 1]):
+                model.load_state_dict(global_state)
+                model.train()
+                opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_at(r), momentum=cfg.momentum)
+                order, flips, offsets = local_schedule(cfg, plan.shares[j][p], j, r, int(p))
+                mal = torch.tensor([bool(plan.is_malicious[j, p])], device=device)
+                draws = AttackDraws([(cfg, j, int(p))], r, [len(order)], len(order), device)
+                labels, stamp = attack.poison(y_train[order][None], PoisonContext(
+                    mal, src1, tgt1, cfg.num_classes, draws))  # fmt: skip
+                labels, stamp = labels[0], None if stamp is None else stamp[0]
+                total = 0.0
+                for b in range(0, len(order), cfg.batch_size):
+                    sl = slice(b, b + cfg.batch_size)
+                    if stamp is not None and stamp[sl].any():  # a trigger: on [0, 1] pixels
+                        x = x_train[order[sl]].to(dtype) / 255.0
+                        x[stamp[sl]] = attack.stamp(x[stamp[sl]])
+                    else:
+                        x = x_train[order[sl]]
+                    x = normalize(x, data.mean, data.std, dtype)
+                    if augment:
+                        x = augment_crop_flip(x, flips[sl], offsets[sl])
+                    with autocast(device, precision):
+                        out = model(x)
+                    loss = F.cross_entropy(out.to(dtype), labels[sl])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+                losses[j, r - 1] += total / (len(order) // cfg.batch_size) / k
+                returned.append({kk: v.detach().clone() for kk, v in model.state_dict().items()})
+                if updates is not None:
+                    delta = returned[-1][w_name] - global_state[w_name]
+                    one = _update_rows(cfg, delta[None, None], torch.tensor([cfg.src], device=delta.device))
+                    updates[j, r - 1, s] = one[0, 0].cpu().numpy()
+            local = {kk: torch.stack([st[kk] for st in returned]).unsqueeze(0) for kk in returned[0]}
+            one = aggregate(r, {kk: v.unsqueeze(0) for kk, v in global_state.items()}, local, [j])
+            global_state = {kk: v[0] for kk, v in one.items()}
+            if diverged_at[j] > T and not all(torch.isfinite(global_state[kk]).all() for kk in float_keys(global_state)):
+                diverged_at[j] = r
+            if r in eval_rounds:
+                model.load_state_dict(global_state)
+                model.eval()
+                preds = []
+                xt, yt = test_set(r)
+                with torch.no_grad(), autocast(device, precision):
+                    for b in range(0, len(yt), 1000):
+                        preds.append(model(normalize(xt[b : b + 1000], data.mean, data.std, dtype)).argmax(1))
+                confusion[j, e] = confusion_counts(yt, torch.cat(preds)).cpu().numpy()
+                e += 1
+            if progress is not None:
+                progress.update(1)
+        finals.append(global_state)
+    return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
+                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
+                model=_kept_model(cfg, stack_states(finals)))  # fmt: skip
+
+
+def _kept_model(cfg: Config, glob: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
+    """The stacked final global models [R, ...] as numpy (float32; integer buffers as they are)."""
+    if not cfg.keep_model:
+        return None
+    return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in glob.items()}
+
+
+def _updates_buffer(cfg: Config) -> np.ndarray | None:
+    if cfg.record_updates == "none":
+        return None
+    rows = 1 if cfg.record_updates == "source" else cfg.num_classes
+    features = architecture(cfg.dataset)[-1].args[0]
+    return np.zeros((cfg.repeats, cfg.rounds, cfg.k, rows, features), np.float32)
+
+
+def _update_rows(cfg: Config, delta: torch.Tensor, srcs: torch.Tensor) -> torch.Tensor:
+    """Output-layer weight updates [R, k, C, F] of R federations -> the recorded rows
+    [R, k, C', F]: each federation's own source row `srcs[i]` ("source"), or all."""
+    if cfg.record_updates != "source":
+        return delta
+    return delta[torch.arange(len(srcs), device=delta.device), :, srcs].unsqueeze(2)
+
+
+# ------------------------------------------------------------------------------------------
+# Fast engine
+# ------------------------------------------------------------------------------------------
+
+
+def _eval_chunk(G: int, first_channels: int, hw: int) -> int:
+    """Test images per batched evaluation pass.
+
+    Keeps the first activation near 4 Mi elements: small enough to stay in cache, which on
+    CPU made the stacked pass 2-3x faster than large batches (a one-off measurement, see
+    README "Performance"; engine_speed.py times the whole round, not this choice).
+    """
+    return int(max(8, min(1000, 4 * 2**20 // (G * first_channels * hw))))
+
+
+def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, feds=None) -> dict:
+    """Train every federation of `feds` at once: a list of (config, plan, repeat), by default
+    the repeats of `cfg`. `run_many` passes federations of several compatible configs (which
+    differ only in the attack and selection: m, src, tgt, strategy, alpha, break round, seed)."""
+    feds = feds or [(cfg, plan, j) for j in range(cfg.repeats)]
+    data = plan.data
+    spec = architecture(cfg.dataset)
+    R, T, k, B = len(feds), cfg.rounds, cfg.k, cfg.batch_size
+    G = R * k
+    C, H, W = data.x_train.shape[1:]
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    dtype = dtype_of(precision)
+    mean = torch.tensor(data.mean, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
+    std = torch.tensor(data.std, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
+    mean_e, std_e = mean[:, : R * C], std[:, : R * C]
+    eval_rounds = np.asarray(cfg.eval_rounds())
+    test_set = _test_sets(cfg, x_test, y_test)
+    confusion = np.zeros((R, len(eval_rounds), cfg.num_classes, cfg.num_classes), np.int64)
+    losses = np.zeros((R, T))
+    diverged_at = np.full(R, T + 1)
+    updates = _updates_buffer(cfg)
+    w_name = last_linear_weight_name(cfg.dataset)
+    fkeys = float_keys(plan.init[0])
+    param_keys = [kk for kk in fkeys if not kk.endswith(("running_mean", "running_var"))]
+    glob = to_dtype(stack_states([pl.init[j] for _, pl, j in feds]), dtype, device)  # [R, ...]
+    src_t = torch.tensor([c.src for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
+    tgt_t = torch.tensor([c.tgt for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
+    cl = torch.channels_last
+    chunk = _eval_chunk(R, spec[0].args[1], H * W)
+    aggregate = Aggregation(cfg, feds, fkeys)
+    attack = cfg.build_attack()
+    augment = cfg.spec.augment
+    e = 0
+    for r in range(1, T + 1):
+        # --- this round's data for each of the G = R*k models -----------------------------
+        orders, flips, offsets, mal_rows, models = [], [], [], [], []
+        for c, pl, j in feds:
+            for p in pl.selected[j, r - 1]:
+                o, f, off = local_schedule(c, pl.shares[j][p], j, r, int(p))
+                orders.append(o)
+                flips.append(f)
+                offsets.append(off)
+                mal_rows.append(bool(pl.is_malicious[j, p]))
+                models.append((c, j, int(p)))
+        lengths = [len(o) for o in orders]
+        # Unequal shares (non-iid partitions): pad every schedule to the longest and mask the
+        # models that have finished their epoch (no gradient, momentum, or BN-statistics step).
+        n_steps = torch.tensor([len(o) // B for o in orders], device=device)
+        ragged = bool((n_steps != n_steps[0]).any())
+        if ragged:
+            n_max = max(len(o) for o in orders)
+            orders, flips, offsets = ([pad_like_schedule(t, n_max) for t in ts] for ts in (orders, flips, offsets))
+        order = torch.stack(orders).to(device)  # [G, n]
+        labels, stamp = attack.poison(y_train[order], PoisonContext(
+            torch.tensor(mal_rows, device=device), src_t[:, 0], tgt_t[:, 0], cfg.num_classes,
+            AttackDraws(models, r, lengths, order.shape[1], device)))  # fmt: skip
+        flips_t = torch.stack(flips).to(device)
+        offsets_t = torch.stack(offsets).to(device)
+        steps = order.shape[1] // B
+        stat_keys = [kk for kk in fkeys if kk.endswith(("running_mean", "running_var"))] if ragged else []
+
+        # --- local training: every model one step at a time --------------------------------
+        state = {kk: v.repeat_interleave(k, 0) for kk, v in glob.items()}  # [G, ...]
+        params = [state[kk].requires_grad_() for kk in param_keys]
+        bufs = [torch.zeros_like(p) for p in params]
+        lr, mom = cfg.lr_at(r), cfg.momentum
+        loss_sum = torch.zeros(G, dtype=dtype, device=device)
+        for s in range(steps):
+            idx = order[:, s * B : (s + 1) * B].t()  # [B, G]
+            x = x_train[idx]  # [B, G, C, H, W]
+            if stamp is not None and stamp[:, s * B : (s + 1) * B].any():  # a trigger: on [0, 1] pixels
+                x = x.to(dtype) / 255.0
+                rows = stamp[:, s * B : (s + 1) * B].t()  # [B, G]
+                x[rows] = attack.stamp(x[rows])
+                x = (x.reshape(B, G * C, H, W) - mean) / std
+            else:
+                x = (x.reshape(B, G * C, H, W).to(dtype) / 255.0 - mean) / std
+            if augment:
+                fl = flips_t[:, s * B : (s + 1) * B].t().reshape(-1)
+                of = offsets_t[:, s * B : (s + 1) * B].transpose(0, 1).reshape(-1, 2)
+                x = augment_crop_flip(x.reshape(B * G, C, H, W), fl, of).reshape(B, G * C, H, W)
+            x = x.contiguous(memory_format=cl)
+            if ragged:
+                active = n_steps > s  # [G]
+                saved = {kk: state[kk].clone() for kk in stat_keys}
+            with autocast(device, precision):
+                out = stacked_forward(spec, state, x, G, training=True)  # [G, B, 10]
+            y = labels[:, s * B : (s + 1) * B]
+            per = F.cross_entropy(out.to(dtype).reshape(G * B, -1), y.reshape(-1), reduction="none")
+            per_model = per.view(G, B).mean(1)
+            if ragged:
+                per_model = per_model * active
+            grads = torch.autograd.grad(per_model.sum(), params)
+            with torch.no_grad():
+                loss_sum += per_model.detach()
+                if not ragged:
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, grads)
+                    torch._foreach_add_(params, bufs, alpha=-lr)
+                    continue
+                for p, b, g in zip(params, bufs, grads):
+                    a = active.view(-1, *([1] * (p.dim() - 1)))
+                    b.copy_(torch.where(a, b * mom + g, b))
+                    p.sub_(torch.where(a, b, torch.zeros_like(b)), alpha=lr)
+                for kk in stat_keys:
+                    a = active.view(-1, *([1] * (saved[kk].dim() - 1)))
+                    state[kk].copy_(torch.where(a, state[kk], saved[kk]))
+        for p in params:
+            p.requires_grad_(False)
+        losses[:, r - 1] = (loss_sum / n_steps.clamp(min=1)).view(R, k).mean(1).cpu().numpy()
+
+        # --- aggregation --------------------------------------------------------------------
+        with torch.no_grad():
+            if updates is not None:
+                delta = state[w_name].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
+                updates[:, r - 1] = _update_rows(cfg, delta, src_t[::k, 0]).cpu().numpy()
+            local = {kk: v.view(R, k, *v.shape[1:]) for kk, v in state.items()}
+            glob = aggregate(r, glob, local, list(range(R)))
+            finite = torch.stack([torch.isfinite(glob[kk]).view(R, -1).all(1) for kk in fkeys]).all(0)
+            for j in np.flatnonzero(~finite.cpu().numpy()):
+                diverged_at[j] = min(diverged_at[j], r)
+
+            # --- evaluation of every repeat's global model in one pass ----------------------
+            if r in eval_rounds:
+                preds = []
+                xt, yt = test_set(r)
+                with autocast(device, precision):
+                    for b in range(0, len(yt), chunk):
+                        xe = xt[b : b + chunk]
+                        xe = (xe.to(dtype).repeat(1, R, 1, 1) / 255.0 - mean_e) / std_e
+                        xe = xe.contiguous(memory_format=cl)
+                        preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
+                pred = torch.cat(preds, dim=1)  # [R, n_test]
+                confusion[:, e] = confusion_counts(yt.expand(R, -1), pred).cpu().numpy()
+                e += 1
+        if progress is not None:
+            progress.update(1)
+    return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
+                diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
+                model=_kept_model(cfg, glob), aggregation=aggregate)  # fmt: skip
