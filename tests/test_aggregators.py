@@ -1,8 +1,10 @@
 """Aggregation rules against hand-computed results on tiny tensors."""
 
+import numpy as np
 import pytest
 import torch
 
+from flcore.core.errors import ConfigError
 from flcore.defenses import aggregators as agg
 
 
@@ -90,6 +92,10 @@ def test_krum_validation_names_k_and_f():
         agg.multi_krum(torch.zeros(5, 2), f=1, m=9)
 
 
+def _foolsgold(**params):
+    return agg.FoolsGold(agg.FoolsGold.validate(params, {"k": 5}))
+
+
 def test_foolsgold_downweights_sybils_keeps_honest():
     g = torch.Generator().manual_seed(0)
     honest = torch.randn(3, 100, generator=g)
@@ -99,10 +105,28 @@ def test_foolsgold_downweights_sybils_keeps_honest():
     assert w.shape == (5,)
     assert torch.all(w[3:] < 1e-6)
     assert torch.all(w[:3] > 0.5)
-    out = agg.foolsgold(x)
-    assert torch.allclose(
-        out, (w[:3, None].float() * honest).sum(0) / w[:3].sum().float(), atol=1e-5
-    )
+    # the stateful rule: weights from the output-layer rows, applied to the full updates
+    rule = _foolsgold()
+    state = rule.init(6, 100, x)
+    full = torch.cat([x, torch.ones(5, 3)], 1)  # [5, 103]: 3 more coordinates
+    out = rule(full, state=state, ids=np.array([0, 1, 2, 3, 4]), out_rows=x)
+    assert torch.allclose(out, (w[:3, None].float() * full[:3]).sum(0) / w[:3].sum().float(), atol=1e-5)
+    assert torch.equal(state[:5], x) and torch.all(state[5] == 0)  # history of the five
+
+
+def test_foolsgold_state_accumulates_per_participant():
+    """Round 2's weights use each participant's summed past (the rule's state)."""
+    g = torch.Generator().manual_seed(4)
+    rule = _foolsgold()
+    first = torch.randn(4, 20, generator=g, dtype=torch.float64)
+    state = rule.init(4, 20, first)
+    first[1] = first[0]  # 0 and 1 collude in round 1
+    rule(first, state=state, ids=np.arange(4), out_rows=first)
+    second = torch.randn(2, 20, generator=g, dtype=torch.float64)
+    out = rule(second, state=state, ids=np.array([0, 1]), out_rows=second)
+    w = agg.foolsgold_weights(second, first[:2])
+    assert torch.allclose(out, agg.fedavg(second, w)) if w.sum() > 0 else out is None
+    assert torch.allclose(state[:2], first[:2] + second)
 
 
 def test_foolsgold_history_decides_similarity():
@@ -117,24 +141,18 @@ def test_foolsgold_history_decides_similarity():
     assert torch.all(w[2:] > 0.5)
 
 
-def test_foolsgold_all_identical_gives_zero_update():
+def test_foolsgold_all_identical_leaves_the_model_unchanged():
     x = torch.ones(3, 4)
     assert torch.all(agg.foolsgold_weights(x) == 0)
-    assert torch.equal(agg.foolsgold(x), torch.zeros(4))
+    rule = _foolsgold()
+    assert rule(x, state=rule.init(3, 4, x), ids=np.arange(3), out_rows=x) is None
 
 
 def test_registry_and_unknown_name_suggests_closest():
-    assert set(agg.AGGREGATORS) == {
-        "fedavg",
-        "median",
-        "trimmed_mean",
-        "krum",
-        "multi_krum",
-        "foolsgold",
-    }
-    assert agg.get_aggregator("krum") is agg.krum
-    with pytest.raises(ValueError, match=r"did you mean 'trimmed_mean'") as info:
-        agg.get_aggregator("trimmed-mean")
+    assert set(agg.AGGREGATORS) == {"fedavg", "median", "trimmed_mean", "krum", "multi_krum", "foolsgold"}
+    assert agg.AGGREGATORS.get("foolsgold").stateful
+    with pytest.raises(ConfigError, match=r"did you mean 'trimmed_mean'") as info:
+        agg.AGGREGATORS.get("trimmed-mean")
     assert "fedavg" in str(info.value)
 
 
@@ -146,27 +164,34 @@ def test_registry_and_unknown_name_suggests_closest():
         ("trimmed_mean", {"beta": 0.2}),
         ("krum", {"f": 1}),
         ("multi_krum", {"f": 1, "m": 3}),
-        ("foolsgold", {}),
     ],
 )
-def test_batched_aggregate_equals_loop(name, params):
+def test_registered_rule_calls_its_function_with_its_params(name, params):
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(3, 6, 7, generator=g)
-    out = agg.aggregate(name, x, **params)
-    fn = agg.get_aggregator(name)
-    expected = torch.stack([fn(x[r], **params) for r in range(3)])
-    assert out.shape == (3, 7)
-    assert torch.allclose(out, expected, atol=1e-6)
+    x = torch.randn(6, 7, generator=g)
+    rule = agg.build(name, params, {"k": 6})
+    fn = {"fedavg": agg.fedavg, "median": agg.coordinate_median, "trimmed_mean": agg.trimmed_mean,
+          "krum": agg.krum, "multi_krum": agg.multi_krum}[name]  # fmt: skip
+    assert torch.equal(rule(x), fn(x, **params))
+    if name in ("trimmed_mean", "multi_krum"):  # the parameters reach the function
+        other = {"trimmed_mean": {"beta": 0.4}, "multi_krum": {"f": 1, "m": 1}}[name]
+        assert not torch.equal(agg.build(name, other, {"k": 6})(x), rule(x))
 
 
-def test_batched_per_repeat_params():
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 5, 4, generator=g)
-    w = torch.rand(2, 5, generator=g) + 0.1
-    out = agg.aggregate("fedavg", x, weights=w)
-    assert torch.allclose(out, torch.stack([agg.fedavg(x[r], w[r]) for r in range(2)]))
-    h = torch.randn(2, 5, 4, generator=g)
-    out = agg.aggregate("foolsgold", x, history=h)
-    assert torch.allclose(out, torch.stack([agg.foolsgold(x[r], h[r]) for r in range(2)]))
-    with pytest.raises(TypeError, match="beta"):
-        agg.aggregate("median", x, beta=0.1)
+def test_fedavg_rule_takes_a_defense_weights():
+    x = t([[1.0, 2.0], [3.0, 6.0]])
+    rule = agg.build("fedavg", {}, {"k": 2})
+    assert torch.allclose(rule(x, weights=torch.tensor([1.0, 3.0])), t([2.5, 5.0]))
+
+
+@pytest.mark.parametrize("name, params, match", [
+    ("trimmed_mean", {"beta": 0.5}, r"beta=0.5 must be in \[0, 0.5\)"),
+    ("trimmed_mean", {"betta": 0.2}, "did you mean 'beta'"),
+    ("krum", {"f": 2}, r"k > 2f \+ 2 = 6"),
+    ("multi_krum", {"m": 9}, r"m=9 must be in \[1, k=5\]"),
+    ("foolsgold", {"kappa": 0}, "kappa=0"),
+    ("median", {"beta": 0.1}, "unknown key 'beta'"),
+])  # fmt: skip
+def test_bad_rule_params_fail_at_validation(name, params, match):
+    with pytest.raises(ConfigError, match=match):
+        agg.build(name, params, {"k": 5})

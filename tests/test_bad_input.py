@@ -102,7 +102,9 @@ BAD_FIELDS = [
         {},
         "must be a dict",
     ),
-    ("defense_params", {"rule": "nearest"}, {"defense": "pca"}, "'direction'"),
+    ("defense_params", {"rule": "nearest"}, {"defense": "pca"}, "valid: smaller, far, direction"),
+    ("attack", "labelflip", {}, "did you mean 'label_flip'"),
+    ("attack_params", "x", {}, "must be a dict"),
     ("device", "tpu", {}, "valid: auto, cpu, cuda"),
     ("precision", "fp16", {}, "valid: auto, fp32, bf16, fp64"),
     ("engine", "slow", {}, "valid: fast, reference"),
@@ -110,6 +112,48 @@ BAD_FIELDS = [
     ("warm_start", 2.5, {}, "number of clean rounds"),
     ("keep_model", "yes", {}, "True or False"),
 ]
+
+
+# Nested options, checked against the extension's Params dataclass (key, value, allowed).
+BAD_PARAMS = [
+    ("aggregator_params", {"betta": 0.2}, {"aggregator": "trimmed_mean"}, "did you mean 'beta'"),
+    ("aggregator_params", {"beta": 0.5}, {"aggregator": "trimmed_mean"}, "must be in [0, 0.5)"),
+    ("aggregator_params", {"beta": "high"}, {"aggregator": "trimmed_mean"}, "must be a number"),
+    ("aggregator_params", {"f": 2}, {"aggregator": "krum"}, "Krum needs k > 2f + 2 = 6"),
+    ("aggregator_params", {"m": 6}, {"aggregator": "multi_krum"}, "must be in [1, k=5]"),
+    ("aggregator_params", {"kappa": -1.0}, {"aggregator": "foolsgold"}, "must be > 0"),
+    ("aggregator_params", {"beta": 0.1}, {"aggregator": "median"}, "takes no options"),
+    ("defense_params", {"start_rnd": 5}, {"defense": "pca"}, "did you mean 'start_round'"),
+    ("defense_params", {"min_rows": 2}, {"defense": "pca"}, "at least 3 updates"),
+    ("defense_params", {"min_silhouette": 2.0}, {"defense": "pca"}, "must be in [-1, 1]"),
+    ("defense_params", {"mode": "ban"}, {"defense": "pca"}, "valid: block, round"),
+    ("defense_params", {"start_round": 10}, {}, "defense=None"),
+    ("attack_params", {"fraction": 0.0}, {"attack": "random_flip"}, "must be in (0, 1]"),
+    ("attack_params", {"fractoin": 0.5}, {"attack": "random_flip"}, "did you mean 'fraction'"),
+    ("attack_params", {"sources": [6, 4]}, {"attack": "many_to_one"}, "contains the target tgt=6"),
+    ("attack_params", {"sources": [0, 2]}, {"attack": "many_to_one"}, "does not contain src=4"),
+    ("attack_params", {"sources": [4, 12]}, {"attack": "many_to_one"}, "class index in 0..9"),
+    ("attack_params", {"fraction": 0.5}, {}, "this one takes no options"),
+    ("n_train", 70000, {}, "has only 60000 images"),
+    ("n_test", 20000, {"dataset": "cifar10"}, "has only 10000 images"),
+]
+
+
+@pytest.mark.parametrize("field, value, extra, allowed", BAD_PARAMS)
+def test_bad_nested_option(field, value, extra, allowed, tmp_path):
+    """Config, sweep grids and run() reject the option before any work (nothing stored)."""
+    with pytest.raises(ConfigError) as ei:
+        Config(**{**extra, field: value})
+    msg = str(ei.value)
+    assert allowed in msg and field in msg, msg
+    if isinstance(value, dict):
+        key, v = next(iter(value.items()))
+        assert key in msg, msg  # names the key
+    with pytest.raises(ConfigError, match="grid point"):
+        S.expand({**extra, field: [value]})
+    with pytest.raises(ConfigError):
+        run({**extra, field: value}, store=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
 
 
 def test_battery_covers_every_field():
@@ -122,7 +166,8 @@ def test_bad_config_field(field, value, extra, allowed):
     with pytest.raises(ConfigError) as ei:
         Config(**{**extra, field: value})
     msg = str(ei.value)
-    assert f"{field}={value!r}" in msg or f"{field}={value}" in msg, msg  # names the value
+    assert f"{field}={value!r}" in msg or f"{field}={value}" in msg or (  # names the value
+        isinstance(value, dict) and all(f"{k}={v!r}" in msg for k, v in value.items())), msg
     assert allowed in msg, msg  # and says what is allowed
     # the same error, unchanged, through a sweep grid (naming the grid point) and run()
     with pytest.raises(ConfigError, match="grid point") as ei2:
@@ -137,6 +182,44 @@ def test_bad_config_on_the_command_line(capsys):
     assert code == 2 and "m=1.5" in err and "did you mean 0.015" in err
     code, err = main(["run", "--strategy", "lat", "--no-store"], capsys)
     assert code == 2 and "strategy='lat'" in err and "did you mean 'late'" in err
+
+
+CLI_BAD = [
+    (["--aggregator", "trimmed_mean", "--aggregator-params", "{betta: 0.2}"], "did you mean 'beta'"),
+    (["--set", "aggregator=trimmed_mean", "--set", "aggregator_params={beta: 0.5}"], "[0, 0.5)"),
+    (["--attack", "random_flp"], "did you mean 'random_flip'"),
+    (["--attack", "many_to_one", "--attack-params", "{sources: [6]}"], "contains the target"),
+    (["--defense", "pca", "--defense-params", "{rule: nearest}"], "rule='nearest'"),
+    (["--n-train", "100000"], "has only 60000 images"),
+    (["--set", "roundz=3"], "did you mean 'rounds'"),
+    (["--set", "rounds"], "give KEY=VALUE"),
+    (["--rounds", "[1"], "not a valid YAML value"),
+    (["--rounds", "2.5"], "rounds=2.5"),
+    (["missing-config.yaml"], "no such config file"),
+]
+
+
+@pytest.mark.parametrize("args, pattern", CLI_BAD)
+def test_command_line_rejects_before_any_work(args, pattern, tmp_path, capsys):
+    """Exit 2, one line on stderr (no traceback), nothing stored, no data loaded."""
+    results = tmp_path / "r"
+    code, err = main(["run", *args, "--results", str(results)], capsys)
+    assert code == 2, err
+    assert pattern in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not results.exists()
+
+
+def test_command_line_config_file(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("aggregator: trimmed_mean\naggregator_params: {betta: 0.2}\n")
+    code, err = main(["run", str(p), "--no-store"], capsys)
+    assert code == 2 and "did you mean 'beta'" in err
+    p.write_text("- m\n")
+    code, err = main(["run", str(p), "--no-store"], capsys)
+    assert code == 2 and "a config file is a mapping" in err
+    p.write_text("roudns: 3\n")
+    code, err = main(["run", str(p), "--no-store"], capsys)
+    assert code == 2 and "did you mean 'rounds'" in err
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from flcore.attacks import flip_labels
 from flcore.sim.selection import Selection, malicious_set, select_participants
 from flcore.config import Config, ConfigError
 from flcore.sim.models import (
-    ARCHITECTURES,
+    architecture,
     build_model,
     count_parameters,
     init_state,
@@ -33,7 +33,7 @@ def test_stacked_forward_equals_each_module(dataset, shape):
     stacked = stack_states(states)
     x = torch.randn(5, G * shape[0], *shape[1:], dtype=torch.float64)
     stacked = {k: (v.double() if v.is_floating_point() else v) for k, v in stacked.items()}
-    out = stacked_forward(ARCHITECTURES[dataset], stacked, x, G, training=True)
+    out = stacked_forward(architecture(dataset), stacked, x, G, training=True)
     assert out.shape == (G, 5, 10)
     for g in range(G):
         m = build_model(dataset).double()

@@ -75,7 +75,7 @@ def test_defense_config_names_and_params():
     cfg = Config()
     assert defense_config(cfg, "none") == cfg
     assert defense_config(cfg, "trimmed_mean").aggregator_params == {"beta": 0.2}
-    assert defense_config(cfg, "multi_krum", {"multi_krum": {"f": 2}}).aggregator_params == {"f": 2}
+    assert defense_config(cfg, "multi_krum", {"multi_krum": {"m": 3}}).aggregator_params == {"f": 1, "m": 3}
     p = defense_config(cfg, "pca", pca_params={"start_round": 3})
     assert p.defense == "pca" and p.defense_params == {"start_round": 3}
     assert set(DEFENSES) == {"none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold"}

@@ -83,7 +83,7 @@ def test_store_returns_an_identical_config_without_training(fmnist, tmp_path, mo
     def boom(*a, **k):
         raise AssertionError("retrained a stored configuration")
 
-    monkeypatch.setattr(engine, "_run_fast", boom)
+    monkeypatch.setattr(engine, "simulate", boom)
     again = run(cfg, store=tmp_path, data=fmnist, progress=False)
     np.testing.assert_array_equal(first.confusion, again.confusion)
     np.testing.assert_array_equal(first.updates, again.updates)
@@ -125,19 +125,35 @@ def test_bf16_stays_within_one_point_of_fp32(fmnist):
     assert abs(a32["accuracy"].mean() - a16["accuracy"].mean()) < 1.0
 
 
-def test_auto_precision_rule():
-    assert resolve_precision("fp32", "cpu") == "fp32"
-    fast_bf16 = {"amx_bf16", "avx512_bf16"} & cpu_flags() and torch.backends.cpu.get_cpu_capability() not in (
-        "DEFAULT", "AVX2", "NO AVX")
-    assert resolve_precision("auto", "cpu") == ("bf16" if fast_bf16 else "fp32")
-    # kernels capped at AVX2 (how the AVX2-only machine is mimicked) never get bf16
-    code = "from flcore.engine import resolve_precision as r; print(r('auto', 'cpu'))"
+@pytest.mark.parametrize("capability, flags, expected", [
+    ("AVX512", {"amx_bf16", "avx512f"}, "bf16"),  # Intel Sapphire Rapids and later
+    ("AVX512", {"avx512_bf16", "avx512f"}, "bf16"),  # AMD Zen 4
+    ("AVX512", {"avx512f"}, "fp32"),  # AVX-512 without bf16
+    ("AVX2", {"avx2"}, "fp32"),  # AMD Zen 3: bf16 emulated, several times slower
+    ("AVX2", {"avx2", "amx_bf16"}, "fp32"),  # kernels capped at AVX2 on a bf16 CPU
+    ("DEFAULT", {"amx_bf16"}, "fp32"),
+])  # fmt: skip
+def test_auto_precision_rule(capability, flags, expected, monkeypatch):
+    from flcore.sim import device as dev
+
+    monkeypatch.setattr(dev, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_auto_precision_honours_an_avx2_cap_in_a_real_process():
+    code = "from flcore.sim.device import resolve_precision as r; print(r('auto', 'cpu'))"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "fp32"
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA"):
-            run(tiny(device="cuda"), store=None, progress=False)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        run(tiny(device="cuda"), store=None, progress=False)
 
 
 def test_non_iid_shares_fast_equals_reference(fmnist):

@@ -193,7 +193,7 @@ def test_unexpected_failure_is_one_readable_line(store, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory\n  File 'engine.py', line 1\n    more detail")
 
-    monkeypatch.setattr(flcore.engine, "run", broken)
+    monkeypatch.setattr(flcore.runs.runner, "run", broken)
     ex = Explorer(**TINY, store=None, debounce_s=0, device="cpu")
     ex.m_w.value = 30  # through the slider callback: must not raise either
     assert isinstance(ex.last_error, RuntimeError)

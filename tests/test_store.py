@@ -179,7 +179,7 @@ def test_config_key_stability():
 
 def test_config_key_same_across_processes():
     cfg = {"b": {"y": 0.3, "x": (1, 2)}, "a": "s"}
-    code = f"from flcore.store import config_key; print(config_key({cfg!r}, '9'))"
+    code = f"from flcore.runs.store import config_key; print(config_key({cfg!r}, '9'))"
     outs = set()
     for seed in ("0", "123"):
         env = _env()
