@@ -20,10 +20,10 @@ from test_sweep import TINY, env, needs_fmnist
 
 import flcore.runs.sweep as S
 from flcore import cli
-from flcore.runs import store
-from flcore.data import loading as D
 from flcore.config import Config, ConfigError
 from flcore.data import DatasetFormatError, DatasetNotFoundError
+from flcore.data import loading as D
+from flcore.runs import store
 from flcore.runs.runner import run
 from flcore.runs.store import Store, StoreError
 

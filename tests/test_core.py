@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flcore.attacks import flip_labels
-from flcore.sim.selection import Selection, malicious_set, select_participants
+from flcore.attacks import ATTACKS, PoisonContext
 from flcore.config import Config, ConfigError
 from flcore.sim.models import (
     architecture,
@@ -17,6 +16,7 @@ from flcore.sim.models import (
     stack_states,
     stacked_forward,
 )
+from flcore.sim.selection import Selection, malicious_set, select_participants
 
 # ---- models ------------------------------------------------------------------------------
 
@@ -112,8 +112,11 @@ def test_malicious_count_rounds_to_nearest(m, expected):
 def test_flipping_touches_only_malicious_participants_and_only_the_source_class():
     labels = torch.arange(10).repeat(3, 4)  # 3 participants x 40 labels
     original = labels.clone()
-    mal = torch.tensor([True, False, True])[:, None]
-    out = flip_labels(labels, mal, src=4, tgt=6)
+    mal = torch.tensor([True, False, True])
+    attack = Config(src=4, tgt=6).build_attack()
+    assert type(attack) is ATTACKS.get("label_flip")
+    out, stamp = attack.poison(labels, PoisonContext(mal, torch.full((3,), 4), torch.full((3,), 6), 10))
+    assert stamp is None
     assert torch.equal(labels, original)  # the shared labels are never modified
     assert torch.equal(out[1], original[1])
     for p in (0, 2):

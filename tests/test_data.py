@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from flcore.data import loading as D
 from flcore.data import (
     CIFAR10_CLASSES,
     Dataset,
@@ -26,6 +25,7 @@ from flcore.data import (
     partition_dirichlet,
     partition_iid,
 )
+from flcore.data import loading as D
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 REAL_CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"

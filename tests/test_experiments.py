@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flcore.studies import experiments as ex
 from flcore.config import Config
+from flcore.studies import experiments as ex
 
 
 def _final(dataset, src, tgt, m, repeat, recalls, n_mal_last=0, strategy="random"):

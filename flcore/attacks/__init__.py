@@ -7,6 +7,5 @@ and registers it in `ATTACKS` (docs/EXTENDING.md).
 
 from flcore.attacks import label_flip, many_to_one, random_flip  # noqa: F401  (registration)
 from flcore.attacks.base import ATTACKS, Attack, NoParams, PoisonContext, build
-from flcore.attacks.label_flip import flip_labels
 
-__all__ = ["ATTACKS", "Attack", "NoParams", "PoisonContext", "build", "flip_labels"]
+__all__ = ["ATTACKS", "Attack", "NoParams", "PoisonContext", "build"]

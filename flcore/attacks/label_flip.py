@@ -17,13 +17,3 @@ class LabelFlip(Attack):
     def poison(self, labels: torch.Tensor, ctx: PoisonContext):
         flip = ctx.malicious[:, None] & (labels == ctx.src[:, None])
         return torch.where(flip, ctx.tgt[:, None].expand_as(labels), labels), None
-
-
-def flip_labels(labels: torch.Tensor, malicious: torch.Tensor, src, tgt) -> torch.Tensor:
-    """Label flipping src -> tgt on malicious rows (a functional form of `LabelFlip`).
-
-    labels: int64 [..., n]; malicious: bool broadcastable to labels; src, tgt: class indices
-    or int64 tensors broadcastable to labels. Returns a new tensor (the input is unchanged).
-    """
-    tgt = torch.as_tensor(tgt, dtype=labels.dtype, device=labels.device)
-    return torch.where(malicious & (labels == src), tgt, labels)

@@ -38,6 +38,10 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
+    def unregister(self, name: str) -> T:
+        """Remove and return the entry `name` (for tests and interactive redefinition)."""
+        return self._items.pop(name)
+
     def get(self, name: Any) -> T:
         if name not in self._items:
             raise ConfigError(

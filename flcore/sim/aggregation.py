@@ -44,9 +44,10 @@ class Aggregation:
         if self.defense is None:
             return None
         rows = [(self.feds[i][2], r, p, mal) for i, r, p, mal in self.excluded if feds is None or i in feds]
-        return pd.DataFrame(rows, columns=["repeat", "round", "participant", "malicious"]).astype(
+        df = pd.DataFrame(rows, columns=["repeat", "round", "participant", "malicious"]).astype(
             {"repeat": np.int64, "round": np.int64, "participant": np.int64, "malicious": bool}
-        )
+        )  # one order whatever the engine's loop order: by repeat, round, participant
+        return df.sort_values(["repeat", "round", "participant"], kind="stable").reset_index(drop=True)
 
     def __call__(self, rnd: int, glob: dict, local: dict, repeats: list[int]) -> dict:
         """glob: name -> [R', ...]; local: name -> [R', k, ...] for the federations `repeats`
