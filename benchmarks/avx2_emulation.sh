@@ -34,7 +34,7 @@ export XDG_CACHE_HOME="$work/cache"
 echo "# mode: $mode  commit: $(git rev-parse --short HEAD)  load before: $(cut -d' ' -f1 /proc/loadavg)"
 .venv/bin/python - <<'EOF'
 import torch
-from flcore.engine import cpu_name, resolve_precision
+from flcore.sim.device import cpu_name, resolve_precision
 print(f"# CPU: {cpu_name()}  kernels: {torch.backends.cpu.get_cpu_capability()}  "
       f"auto precision: {resolve_precision('auto', 'cpu')}  threads: {torch.get_num_threads()}")
 EOF

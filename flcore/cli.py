@@ -21,7 +21,10 @@ import sys
 import typing
 from pathlib import Path
 
+from flcore.attacks import ATTACKS
 from flcore.config import Config, ConfigError, suggest
+from flcore.data import DATASETS
+from flcore.defenses import AGGREGATORS, DEFENSES
 
 # command -> (module, function); modules are imported only when their command runs
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,18 +34,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 _HELP = {
-    "dataset": "a registered dataset: fmnist | cifar10",
+    "dataset": lambda: "a registered dataset: " + " | ".join(DATASETS.names()),
     "m": "malicious fraction in [0, 1] (0.1 = 10%%)",
     "src": "source class (its recall is reported; label_flip flips it to tgt)",
     "tgt": "target class",
     "k": "participants selected per round",
     "strategy": "random | early | late | availability",
     "alpha": "malicious availability (strategy availability)",
-    "attack": "label_flip | random_flip | many_to_one",
+    "attack": lambda: "a registered attack: " + " | ".join(ATTACKS.names()),
     "attack_params": "the attack's options as YAML, e.g. '{fraction: 0.5}'",
-    "defense": "a registered defense, e.g. pca (none: no defense)",
+    "defense": lambda: "a registered defense: " + " | ".join(DEFENSES.names()) + " (none: no defense)",
     "defense_params": "the defense's options as YAML, e.g. '{rule: direction}'",
-    "aggregator": "fedavg | median | trimmed_mean | krum | multi_krum | foolsgold",
+    "aggregator": lambda: "a registered rule: " + " | ".join(AGGREGATORS.names()),
     "aggregator_params": "the rule's options as YAML, e.g. '{beta: 0.2}'",
     "n_train": "class-balanced training subset (default: all)",
     "n_test": "class-balanced test subset (default: all)",
@@ -84,8 +87,10 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (every Config field; values are YAML)")
     for f in dataclasses.fields(Config):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = _HELP.get(f.name, f.name)
+        text = text() if callable(text) else text
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, metavar="VALUE", default=None,
-                       help=f"{_HELP.get(f.name, f.name)} (default: {default!r})")  # fmt: skip
+                       help=f"{text} (default: {default!r})".replace("%", "%%").replace("%%%%", "%%"))  # fmt: skip
     g.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
                    help="any Config field, e.g. --set lr=0.01 (repeatable)")  # fmt: skip
 

@@ -77,6 +77,19 @@ def test_changing_m_changes_result_and_redraws(store):
     assert "source recall, m = 50%" in lines_by_label(ex)
 
 
+def test_attack_dropdown_offers_every_registered_attack(store):
+    from flcore.attacks import ATTACKS
+
+    ex = explorer(store, m_percent=50)
+    assert list(ex.attack_w.options) == list(ATTACKS.names())
+    flip = ex.update()
+    rnd = ex.update(attack="random_flip")
+    assert ex.attack_w.value == "random_flip" and ex.last_config.attack == "random_flip"
+    assert ex.last_clean.config.attack == "label_flip"  # one clean run for every attack
+    assert not np.array_equal(rnd.confusion, flip.confusion)
+    assert "random_flip" in ex.ax_recall.get_title()
+
+
 def test_strategy_alpha_and_break_round(store):
     ex = explorer(store, m_percent=20)
     assert ex.alpha_w.disabled and ex.break_w.disabled

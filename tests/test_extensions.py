@@ -199,3 +199,35 @@ def test_attack_lowers_recall_of_its_classes_on_real_fmnist(attack, fmnist):
         return r[r["cls"].isin(classes)]["recall"].mean()
 
     assert recall(poisoned) < recall(clean) - 3.0, (recall(poisoned), recall(clean))
+
+
+# ---- the command line and the store key -----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["random_flip", "many_to_one"])
+def test_new_attacks_run_from_the_command_line(attack, fmnist):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "flcore", "run", "--attack", attack, "--m", "0.3", "--rounds", "2",
+         "--n-train", "2000", "--n-test", "500", "--no-store", "--json", "--quiet"],
+        capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["config"]["attack"] == attack and res["config"]["attack_params"] == {}
+    assert 0 <= res["summary"]["source_recall"]["mean"] <= 100
+
+
+def test_store_key_covers_every_resolved_default():
+    from flcore.runs.runner import store_key
+
+    implicit = Config(attack="random_flip")
+    assert store_key(implicit) == store_key(implicit.replace(attack_params={"fraction": 1.0}))
+    assert store_key(implicit) != store_key(implicit.replace(attack_params={"fraction": 0.5}))
+    pca = Config(defense="pca")
+    assert store_key(pca) == store_key(pca.replace(defense_params={"start_round": 10}))
+    assert pca.key_dict()["defense_params"]["min_silhouette"] == 0.5  # defaults are in the key
+    assert Config(aggregator="trimmed_mean").key_dict()["aggregator_params"] == {"beta": 0.1}

@@ -135,3 +135,12 @@ def test_lazy_names_resolve():
     assert flcore.Result.__name__ == "Result"
     with pytest.raises(AttributeError):
         flcore.no_such_name  # noqa: B018
+
+
+def test_modules_find_the_repository_root():
+    """Paths computed from a module's own location survive the layout (subpackages)."""
+    from flcore.data import loading
+    from flcore.studies import experiments, reproduce
+
+    for root in (reproduce.REPO_ROOT, experiments.REPO_ROOT, loading._PROJECT_ROOT):
+        assert (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir(), root

@@ -92,7 +92,7 @@ CIFAR10_CLASSES = (
 FMNIST_MEAN, FMNIST_STD = (0.0,), (1.0,)
 CIFAR10_MEAN, CIFAR10_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 #: Well-known places searched for Fashion-MNIST when ``root=`` is not given (after ``FLCORE_DATA``).
 #: Relative paths are taken relative to the current directory; ``~`` is expanded at load time.

@@ -162,9 +162,7 @@ class PCADetector(BaseEstimator):
               cosine with ``reference``, and only if that mean is below 0; otherwise
               nobody is flagged. No minority assumption: it also holds when attackers
               outnumber honest participants in the collected rows, and an attack-free
-              window is not split into a "malicious" half. Measured on the quick
-              profile's recorded updates (seeds 0-2, warm-started): cosine −0.36 to −0.19
-              for malicious updates, mean −0.04 to +0.22 for honest ones (see README).
+              window is not split into a "malicious" half (docs/DEFENSE.md).
 
     Fitted attributes:
         ``pipeline_`` (scaler + PCA), ``clusterer_``, ``malicious_cluster_`` (0 or 1, or

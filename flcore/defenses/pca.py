@@ -31,8 +31,8 @@ class PCAParams(Params):
     # "round": only from this round's aggregate
     min_rows: int = 20  # updates collected before the first decision
     max_rows: int = 1000  # history the detector is fitted on (most recent rows)
-    # act only on a clear split: measured 0.57-0.66 under attack (m = 10-20%), 0.33-0.37 on
-    # clean runs (Fashion-MNIST, docs/DEFENSE.md)
+    # act only on a clear split (silhouette of the two clusters; 0.5 was chosen on seed 0 of
+    # the quick profile's Fashion-MNIST runs, docs/DEFENSE.md "the silhouette gate")
     min_silhouette: float = 0.5
     scope: str = "history"  # judge a participant by all its updates ("round": only this one)
     clusterer: str = "kmeans"  # or "gmm"

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from flcore.attacks import ATTACKS
 from flcore.config import STRATEGIES, Config, ConfigError
 from flcore.data.specs import DATASETS
 
@@ -105,6 +106,7 @@ class Explorer:
         pair: tuple[int, int] | None = None,
         m_percent: int = 20,
         strategy: str = "random",
+        attack: str = "label_flip",
         alpha: float = 0.9,
         break_round: int | None = None,
         seed: int = 0,
@@ -151,6 +153,12 @@ class Explorer:
             options=[(STRATEGY_LABELS[s], s) for s in STRATEGIES],
             value=strategy,
             description="strategy",
+            style=style,
+        )
+        self.attack_w = w.Dropdown(
+            options=list(ATTACKS.names()),  # every registered attack, new ones included
+            value=attack,
+            description="attack",
             style=style,
         )
         self.m_w = w.IntSlider(
@@ -200,7 +208,7 @@ class Explorer:
         self.image_w = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.widget = w.VBox(
             [
-                w.HBox([self.dataset_w, self.pair_w, self.strategy_w]),
+                w.HBox([self.dataset_w, self.pair_w, self.strategy_w, self.attack_w]),
                 w.HBox([self.m_w, self.alpha_w]),
                 w.HBox([self.rounds_w, self.break_w, self.run_w, self.auto_w]),
                 self.status_w,
@@ -216,7 +224,7 @@ class Explorer:
         self._sync_enabled()
 
         self.dataset_w.observe(self._on_dataset, names="value")
-        for control in (self.pair_w, self.strategy_w, self.m_w, self.alpha_w, self.break_w):
+        for control in (self.pair_w, self.strategy_w, self.attack_w, self.m_w, self.alpha_w, self.break_w):
             control.observe(self._on_change, names="value")
         self.rounds_w.observe(self._on_rounds, names="value")
         self.run_w.on_click(lambda _button: self.update())
@@ -240,6 +248,7 @@ class Explorer:
             "dataset": self.dataset_w.value,
             "pair": tuple(self.pair_w.value),
             "strategy": self.strategy_w.value,
+            "attack": self.attack_w.value,
             "m_percent": self.m_w.value,
             "alpha": self.alpha_w.value,
             "rounds": self.rounds_w.value,
@@ -257,6 +266,7 @@ class Explorer:
             "tgt": tgt,
             "rounds": s["rounds"],
             "strategy": s["strategy"],
+            "attack": s["attack"],
             "alpha": s["alpha"] if s["strategy"] == "availability" else None,
             "break_round": s["break_round"] if timed else Config.break_round,
             "repeats": self.repeats,
@@ -288,6 +298,8 @@ class Explorer:
                 self._set_pair_options(s["dataset"], s["pair"])
             if s["strategy"] in STRATEGIES:
                 self.strategy_w.value = s["strategy"]
+            if s["attack"] in ATTACKS:
+                self.attack_w.value = s["attack"]
             if s["rounds"] >= self.rounds_w.min:
                 self.rounds_w.max = max(self.rounds_w.max, s["rounds"])
                 self.rounds_w.value = s["rounds"]
@@ -365,7 +377,7 @@ class Explorer:
     def update(self, **changes: Any):
         """Run the current setting (after applying `changes`) and redraw; returns the Result.
 
-        changes: any of dataset, pair (src, tgt), strategy, m_percent (0–100), alpha, rounds,
+        changes: any of dataset, pair (src, tgt), strategy, attack, m_percent (0–100), alpha, rounds,
         break_round. Errors are shown in the panel and kept in `last_error`; the return value
         is then None and the previous figure stays.
         """
@@ -397,8 +409,9 @@ class Explorer:
         try:
             cfg = self.config_for(s)
             self._status(f"running {self._describe(cfg)} …", kind="busy")
-            clean_cfg = cfg.replace(
-                m=0.0, strategy="random", alpha=None, break_round=Config.break_round
+            clean_cfg = cfg.replace(  # one clean run shared by every attack and strategy
+                m=0.0, strategy="random", alpha=None, break_round=Config.break_round,
+                attack="label_flip", attack_params={},
             )
             clean, clean_how = self._run(clean_cfg)
             result, how = (clean, clean_how) if cfg == clean_cfg else self._run(cfg)
@@ -528,7 +541,8 @@ class Explorer:
         ax.set_title(
             f"{DATASET_LABELS[cfg.dataset]}: {names[cfg.src]} → {names[cfg.tgt]}, "
             f"{TITLE_STRATEGY[cfg.strategy]}"
-            + (f", α = {cfg.alpha:g}" if cfg.alpha is not None else ""),
+            + (f", α = {cfg.alpha:g}" if cfg.alpha is not None else "")
+            + (f", {cfg.attack}" if cfg.attack != "label_flip" else ""),
             fontsize=11,
         )
         ax.grid(alpha=0.3)
@@ -571,6 +585,8 @@ class Explorer:
     @staticmethod
     def _describe(cfg: Config) -> str:
         what = f"{DATASET_LABELS[cfg.dataset]} {cfg.src}→{cfg.tgt}, m = {cfg.m * 100:g}%, {cfg.strategy}"
+        if cfg.attack != "label_flip":
+            what += f", {cfg.attack}"
         if cfg.strategy != "random":
             what += f" (b = {cfg.break_round})"
         if cfg.alpha is not None:

@@ -233,9 +233,8 @@ def _update_rows(cfg: Config, delta: torch.Tensor, srcs: torch.Tensor) -> torch.
 def _eval_chunk(G: int, first_channels: int, hw: int) -> int:
     """Test images per batched evaluation pass.
 
-    Keeps the first activation near 4 Mi elements: small enough to stay in cache, which on
-    CPU made the stacked pass 2-3x faster than large batches (a one-off measurement, see
-    README "Performance"; engine_speed.py times the whole round, not this choice).
+    Keeps the first activation near 4 Mi elements, small enough to stay in cache on a CPU
+    (benchmarks/engine_speed.py times the whole round, which includes this choice).
     """
     return int(max(8, min(1000, 4 * 2**20 // (G * first_channels * hw))))
 

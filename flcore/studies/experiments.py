@@ -31,7 +31,7 @@ from flcore.runs.runner import run_many
 from flcore.sim.metrics import final_metrics, mean_std, source_recall_loss, targeting_deltas
 from flcore.sim.result import Result
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The paper's source → target pairs per dataset, in class order (from the dataset specs).
 PAIRS = {name: sorted(DATASETS.get(name).pairs) for name in DATASETS}

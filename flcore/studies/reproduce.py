@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ("quick", "paper")  # every notebook has a YAML in these; other params/<name>/ folders
 # (e.g. params/defense-cifar/) are extra profiles that run the notebooks they have a YAML for
 
