@@ -247,6 +247,16 @@ def test_unknown_key_in_params_and_grids(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_typo_in_nested_options_of_a_sweep_grid_stops_before_training(tmp_path, capsys):
+    """The trimmed-mean `betta` typo used to train and die in round 1 with a TypeError."""
+    p = tmp_path / "grid.yaml"
+    p.write_text("aggregator: trimmed_mean\nm: [0.1, 0.2]\naggregator_params: {betta: 0.2}\nrounds: 2\n")
+    code, err = main(["sweep", str(p), "--results", str(tmp_path / "r"), "--quiet"], capsys)
+    assert code == 2 and "did you mean 'beta'" in err and "grid point" in err
+    assert "Traceback" not in err and "TypeError" not in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(
     "grid, pattern",
     [
@@ -347,6 +357,28 @@ def test_cifar_pickle_with_foreign_global_is_refused(tmp_path, no_data):
     assert "data_batch_2" in str(ei.value)
     assert not target.exists(), "the pickle's payload was executed"
     assert Store(results).keys() == []
+
+
+def test_flcore_data_adds_places_and_keeps_the_well_known_ones(tmp_path, monkeypatch):
+    """FLCORE_DATA is searched first; the well-known places are still searched after it."""
+    root = tmp_path / "wk"
+    root.mkdir()
+    make_fmnist(root)
+    monkeypatch.setattr(D, "FMNIST_WELL_KNOWN", [str(root)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("FLCORE_DATA", str(empty))
+    D.clear_cache()
+    try:
+        assert str(root) in D.load_dataset("fmnist", download=False, progress=False).source
+        # and a copy in FLCORE_DATA wins over the well-known one
+        first = tmp_path / "first"
+        first.mkdir()
+        make_fmnist(first)
+        monkeypatch.setenv("FLCORE_DATA", os.pathsep.join([str(empty), str(first)]))
+        assert str(first) in D.load_dataset("fmnist", download=False, progress=False).source
+    finally:
+        D.clear_cache()
 
 
 def test_missing_dataset_lists_where_it_looked(tmp_path, no_data, capsys):
