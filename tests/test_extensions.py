@@ -231,3 +231,29 @@ def test_store_key_covers_every_resolved_default():
     assert store_key(pca) == store_key(pca.replace(defense_params={"start_round": 10}))
     assert pca.key_dict()["defense_params"]["min_silhouette"] == 0.5  # defaults are in the key
     assert Config(aggregator="trimmed_mean").key_dict()["aggregator_params"] == {"beta": 0.1}
+
+
+def test_a_new_dataset_is_one_spec(fmnist):
+    """A registered spec is all a dataset needs: Config checks, both engines, the CLI help."""
+    import dataclasses
+
+    from flcore.core.errors import ConfigError
+    from flcore.data import DATASETS
+
+    small = fmnist.subset(600, 200, seed=1)
+    small = dataclasses.replace(small, name="fmnist_small", source="a 600/200 subset, for a test")
+    spec = dataclasses.replace(DATASETS.get("fmnist"), name="fmnist_small", title="F-MNIST small",
+                               label="FM-small", train_size=600, test_size=200,
+                               load=lambda root=None, progress=True, download=True: small)  # fmt: skip
+    DATASETS.register(spec)
+    try:
+        cfg = tiny(dataset="fmnist_small", n_train=None, n_test=None)
+        assert cfg.batch_size == 4 and cfg.spec is spec  # the spec's defaults
+        fast = run(cfg, store=None, progress=False)  # loaded by the spec's own loader
+        ref = run(cfg.replace(engine="reference"), store=None, progress=False)
+        assert_equal_runs(fast, ref)
+        assert fast.meta["data_source"] == "a 600/200 subset, for a test"
+        with pytest.raises(ConfigError, match="F-MNIST small's training split has only 600 images"):
+            tiny(dataset="fmnist_small", n_train=1000)
+    finally:
+        DATASETS.unregister("fmnist_small")
