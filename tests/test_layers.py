@@ -92,16 +92,25 @@ def test_every_subpackage_has_a_layer():
     assert parts <= set(RANK), f"not in LAYERS: {sorted(parts - set(RANK))}"
 
 
+def _fake_package(root: Path, files: dict[str, str]) -> Path:
+    """A throw-away flcore/ tree: {relative path: source}; every folder gets an __init__.py."""
+    pkg = root / "flcore"
+    for rel, text in files.items():
+        path = pkg / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for d in [pkg, *(p for p in pkg.rglob("*") if p.is_dir())]:
+        (d / "__init__.py").touch()
+    return pkg
+
+
 def test_the_check_catches_an_upward_import(tmp_path):
     """The checker itself: a core module importing the simulator is reported."""
-    pkg = tmp_path / "flcore"
-    (pkg / "core").mkdir(parents=True)
-    (pkg / "sim").mkdir()
-    for d in (pkg, pkg / "core", pkg / "sim"):
-        (d / "__init__.py").write_text("")
-    (pkg / "core" / "bad.py").write_text("def f():\n    from flcore.sim import engine\n")
-    (pkg / "sim" / "ok.py").write_text("from flcore.core import errors\n")
-    (pkg / "core" / "sideways.py").write_text("from flcore.data import specs\n")
+    pkg = _fake_package(tmp_path, {
+        "core/bad.py": "def f():\n    from flcore.sim import engine\n",
+        "sim/ok.py": "from flcore.core import errors\n",
+        "core/sideways.py": "from flcore.data import specs\n",
+    })  # fmt: skip
     found = layer_violations(pkg)
     assert len(found) == 2
     assert any("core/bad.py:2" in v and "flcore.sim" in v for v in found)
@@ -109,12 +118,7 @@ def test_the_check_catches_an_upward_import(tmp_path):
 
 
 def test_same_layer_packages_do_not_import_each_other(tmp_path):
-    pkg = tmp_path / "flcore"
-    (pkg / "attacks").mkdir(parents=True)
-    (pkg / "defenses").mkdir()
-    for d in (pkg, pkg / "attacks", pkg / "defenses"):
-        (d / "__init__.py").write_text("")
-    (pkg / "attacks" / "x.py").write_text("import flcore.defenses.base\n")
+    pkg = _fake_package(tmp_path, {"attacks/x.py": "import flcore.defenses.base\n", "defenses/y.py": ""})
     assert len(layer_violations(pkg)) == 1
 
 
