@@ -8,7 +8,12 @@
   (imports scikit-learn; nothing here loads it until a PCA defense starts).
 """
 
-from flcore.defenses import pca  # noqa: F401  (registration)
+from flcore.defenses import (
+    bulyan,  # noqa: F401  (registration)
+    centered_clipping,  # noqa: F401  (registration)
+    geometric_median,  # noqa: F401  (registration)
+    pca,  # noqa: F401  (registration)
+)
 from flcore.defenses.aggregators import AGGREGATORS, Aggregator
 from flcore.defenses.base import DEFENSES, Defense, Federation, RoundUpdates
 
