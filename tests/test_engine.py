@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from flcore import Config, run
+from flcore import Config, ConfigError, run
 from flcore.data import DatasetNotFoundError, load_dataset
 from flcore.sim.device import cpu_flags, resolve_precision
 
@@ -287,3 +287,47 @@ def test_run_many_loads_each_warm_up_once(fmnist, monkeypatch):
                     progress=False)  # fmt: skip
     assert many[0].meta["batched_with"] == 3
     assert len([c for c in calls if c.warm_start]) == 1  # (the warm-up run itself asks with warm_start=0)
+
+
+def test_training_calls_count_each_participants_own_selections():
+    from flcore.sim.plan import learning_rates, training_calls
+
+    sel = np.array([[0, 1], [1, 2], [0, 1], [2, 3]])
+    np.testing.assert_array_equal(training_calls(sel), [[0, 0], [1, 0], [1, 2], [1, 0]])
+    cfg = Config(client_state="persistent", lr=0.1, lr_gamma=0.5, lr_step=2, rounds=4)
+    # participant 1's third call (two before it) is one step down; everyone else at lr
+    np.testing.assert_allclose(learning_rates(cfg, sel), [[0.1, 0.1], [0.1, 0.1], [0.1, 0.05], [0.1, 0.1]])
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_persistent_clients_fast_equals_reference(fmnist, partition):
+    """The reference code's client state: momentum kept between a participant's selections,
+    its learning rate by its own training calls; both engines, equal in fp64."""
+    cfg = tiny(precision="fp64", client_state="persistent", lr_step=1, rounds=3, num_participants=6,
+               k=3, n_train=240, partition=partition, beta=0.5)  # fmt: skip
+    fast = run(cfg, store=None, data=fmnist, progress=False)
+    ref = run(cfg.replace(engine="reference"), store=None, data=fmnist, progress=False)
+    np.testing.assert_array_equal(fast.confusion, ref.confusion)
+    np.testing.assert_allclose(fast.rounds["train_loss"], ref.rounds["train_loss"], rtol=0, atol=1e-12)
+    stateless = run(cfg.replace(client_state="stateless"), store=None, data=fmnist, progress=False)
+    # round 1 is everyone's first call with lr: the same; later rounds differ
+    first = fast.rounds["round"] == 1
+    np.testing.assert_allclose(fast.rounds["train_loss"][first], stateless.rounds["train_loss"][first], atol=1e-12)
+    assert not np.allclose(fast.rounds["train_loss"][~first], stateless.rounds["train_loss"][~first])
+
+
+def test_persistent_clients_batch_like_solo_runs(fmnist):
+    from flcore.runs.runner import run_many
+
+    cfgs = [tiny(precision="fp64", client_state="persistent", lr_step=1, rounds=3, m=m) for m in (0.0, 0.3)]
+    together = run_many(cfgs, store=None, data=fmnist, progress=False)
+    for c, t in zip(cfgs, together):
+        alone = run(c, store=None, data=fmnist, progress=False)
+        np.testing.assert_array_equal(t.confusion, alone.confusion)
+
+
+def test_persistent_clients_refuse_a_warm_start():
+    with pytest.raises(ConfigError, match="client_state='persistent' with warm_start=5"):
+        Config(client_state="persistent", warm_start=5)
+    with pytest.raises(ConfigError, match="did you mean 'persistent'"):
+        Config(client_state="persistant")

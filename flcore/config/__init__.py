@@ -1,6 +1,7 @@
 """The experiment configuration (`Config`), validated against every registered extension."""
 
 from flcore.config.config import (
+    CLIENT_STATES,
     DEVICES,
     ENGINES,
     LR_MIN,
@@ -13,5 +14,5 @@ from flcore.config.config import (
 )
 from flcore.core.errors import ConfigError, suggest
 
-__all__ = ["DEVICES", "ENGINES", "LR_MIN", "NUM_CLASSES", "PARTITIONS", "PRECISIONS",
+__all__ = ["CLIENT_STATES", "DEVICES", "ENGINES", "LR_MIN", "NUM_CLASSES", "PARTITIONS", "PRECISIONS",
            "RECORD_UPDATES", "STRATEGIES", "Config", "ConfigError", "suggest"]  # fmt: skip

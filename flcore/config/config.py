@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp64")  # fp64: for verifying the engines
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("fast", "reference")
 RECORD_UPDATES = ("none", "source", "all")
+CLIENT_STATES = ("stateless", "persistent")
 TRAINING_DEFAULTS = ("batch_size", "lr", "momentum", "lr_step", "lr_gamma")  # from the dataset spec
 LR_MIN = 1e-10
 NUM_CLASSES = 10  # both built-in datasets; a Config's own count is `Config.num_classes`
@@ -60,6 +61,11 @@ class Config:
     lr_step: int | None = None
     lr_gamma: float | None = None
     local_epochs: int = 1
+    # "stateless": a fresh SGD optimizer every round, the learning rate by global round (the
+    # paper's text). "persistent": the authors' reference code, where each participant keeps
+    # one optimizer for the whole run (its momentum survives between its selections) and one
+    # step scheduler advanced by its own training calls (lr x lr_gamma every lr_step calls).
+    client_state: str = "stateless"
     # data
     partition: str = "iid"
     beta: float = 0.5  # Dirichlet concentration for partition="dirichlet"
@@ -127,6 +133,11 @@ class Config:
         """Learning rate of round `rnd` (1-based) of this run (global round warm_start + rnd)."""
         steps = (self.warm_start + rnd - 1) // self.lr_step_rounds
         return max(self.lr * self.lr_gamma**steps, LR_MIN)
+
+    def lr_after_calls(self, calls: int) -> float:
+        """client_state="persistent": the learning rate of a participant's training call after
+        `calls` earlier ones (its own step scheduler)."""
+        return max(self.lr * self.lr_gamma ** (calls // self.lr_step), LR_MIN)
 
     def eval_rounds(self) -> list[int]:
         return [r for r in range(1, self.rounds + 1) if r % self.eval_every == 0 or r == self.rounds]
@@ -232,6 +243,11 @@ class Config:
         choice("precision", PRECISIONS)
         choice("device", DEVICES)
         choice("engine", ENGINES)
+        choice("client_state", CLIENT_STATES)
+        if self.client_state == "persistent" and self.warm_start:
+            fail(f"client_state='persistent' with warm_start={self.warm_start}: a warm start "
+                 f"begins from a clean model but not from its participants' optimizers; use "
+                 f"warm_start=0 with persistent participants, or client_state='stateless'")  # fmt: skip
         choice("record_updates", RECORD_UPDATES)
 
         for name in ("rounds", "num_participants", "k", "repeats", "batch_size", "local_epochs",

@@ -17,8 +17,10 @@ of a local schedule) and `stamp` (images, for a trigger), and `Aggregation` (the
 `filter`, then the aggregation rule). Every random draw comes from the plan's streams.
 
 Local training (documented choices, docs/SETTING.md):
-- participants are stateless: a fresh SGD momentum buffer every round;
-- the learning rate follows the global round (`Config.lr_at`);
+- participants are stateless: a fresh SGD momentum buffer every round, and the learning rate
+  follows the global round (`Config.lr_at`); with `client_state="persistent"` (the authors'
+  reference code) each participant keeps its momentum buffer between its selections and its
+  learning rate follows its own count of training calls (`Config.lr_after_calls`);
 - an epoch is `floor(n_i / batch_size)` full batches of a fresh shuffle of the participant's
   share (with the paper's iid shares of 1,200 / 1,000 images nothing is dropped);
 - datasets whose spec sets `augment` (CIFAR-10) get a random horizontal flip and a random
@@ -46,7 +48,7 @@ from flcore.sim.models import (
     stack_states,
     stacked_forward,
 )
-from flcore.sim.plan import AttackDraws, Plan, local_schedule, pad_like_schedule
+from flcore.sim.plan import AttackDraws, Plan, learning_rates, local_schedule, pad_like_schedule
 
 
 def simulate(cfg: Config, plan: Plan, progress=None, feds=None) -> dict:
@@ -94,7 +96,8 @@ def frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarr
             "round": np.tile(rnd, R),
             "accuracy": acc.reshape(-1),
             "n_malicious": n_mal.reshape(-1).astype(np.int64),
-            "lr": np.tile([cfg.lr_at(r) for r in rnd], R),
+            "lr": (np.tile([cfg.lr_at(r) for r in rnd], R) if cfg.client_state == "stateless" else
+                   np.concatenate([learning_rates(cfg, plan.selected[j]).mean(1) for j in range(R)])),  # fmt: skip
             "train_loss": losses.reshape(-1),
             "diverged": diverged.reshape(-1),
         }
@@ -140,15 +143,21 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     augment = cfg.spec.augment
     src1, tgt1 = torch.tensor([cfg.src], device=device), torch.tensor([cfg.tgt], device=device)
     finals = []
+    persistent = cfg.client_state == "persistent"
     for j in range(R):
         global_state = to_dtype(plan.init[j], dtype, device)
+        lrs = learning_rates(cfg, plan.selected[j])  # [rounds, k]
+        momentum: dict[int, list[torch.Tensor]] = {}  # persistent: participant -> its buffers
         e = 0
         for r in range(1, T + 1):
             returned = []
             for s, p in enumerate(plan.selected[j, r - 1]):
                 model.load_state_dict(global_state)
                 model.train()
-                opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_at(r), momentum=cfg.momentum)
+                opt = torch.optim.SGD(model.parameters(), lr=float(lrs[r - 1, s]), momentum=cfg.momentum)
+                if persistent and int(p) in momentum:  # its optimizer, kept from its last call
+                    for q, b in zip(model.parameters(), momentum[int(p)]):
+                        opt.state[q]["momentum_buffer"] = b.clone()
                 order, flips, offsets = local_schedule(cfg, plan.shares[j][p], j, r, int(p))
                 mal = torch.tensor([bool(plan.is_malicious[j, p])], device=device)
                 draws = AttackDraws([(cfg, j, int(p))], r, [len(order)], len(order), device)
@@ -174,6 +183,8 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                     opt.step()
                     total += loss.item()
                 losses[j, r - 1] += total / (len(order) // cfg.batch_size) / k
+                if persistent:
+                    momentum[int(p)] = [opt.state[q]["momentum_buffer"].clone() for q in model.parameters()]
                 returned.append({kk: v.detach().clone() for kk, v in model.state_dict().items()})
                 if updates is not None:
                     delta = returned[-1][w_name] - global_state[w_name]
@@ -272,6 +283,10 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     aggregate = Aggregation(cfg, feds, fkeys)
     attack = cfg.build_attack()
     augment = cfg.spec.augment
+    lr_tables = [learning_rates(c, pl.selected[j]) for c, pl, j in feds]  # [rounds, k] each
+    persistent = cfg.client_state == "persistent"
+    fed_of = torch.arange(R, device=device).repeat_interleave(k)  # [G]: the model's federation
+    momentum = None  # persistent: [R, N, ...] buffers per parameter, by participant
     e = 0
     for r in range(1, T + 1):
         # --- this round's data for each of the G = R*k models -----------------------------
@@ -304,8 +319,18 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         # --- local training: every model one step at a time --------------------------------
         state = {kk: v.repeat_interleave(k, 0) for kk, v in glob.items()}  # [G, ...]
         params = [state[kk].requires_grad_() for kk in param_keys]
-        bufs = [torch.zeros_like(p) for p in params]
-        lr, mom = cfg.lr_at(r), cfg.momentum
+        mom = cfg.momentum
+        if persistent:
+            if momentum is None:
+                momentum = [torch.zeros(R, cfg.num_participants, *p.shape[1:], dtype=p.dtype, device=device)
+                            for p in params]  # fmt: skip
+            pid = torch.as_tensor(np.concatenate([pl.selected[j, r - 1] for _, pl, j in feds]), device=device)
+            bufs = [m[fed_of, pid].clone() for m in momentum]
+            lr_g = torch.tensor(np.concatenate([t[r - 1] for t in lr_tables]), dtype=dtype, device=device)
+            lr_views = [lr_g.view(-1, *([1] * (p.dim() - 1))) for p in params]
+        else:
+            bufs = [torch.zeros_like(p) for p in params]
+            lr = cfg.lr_at(r)
         loss_sum = torch.zeros(G, dtype=dtype, device=device)
         for s in range(steps):
             idx = order[:, s * B : (s + 1) * B].t()  # [B, G]
@@ -338,17 +363,26 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                 if not ragged:
                     torch._foreach_mul_(bufs, mom)
                     torch._foreach_add_(bufs, grads)
-                    torch._foreach_add_(params, bufs, alpha=-lr)
+                    if persistent:  # one learning rate per model
+                        torch._foreach_sub_(params, torch._foreach_mul(bufs, lr_views))
+                    else:
+                        torch._foreach_add_(params, bufs, alpha=-lr)
                     continue
-                for p, b, g in zip(params, bufs, grads):
+                for i, (p, b, g) in enumerate(zip(params, bufs, grads)):
                     a = active.view(-1, *([1] * (p.dim() - 1)))
                     b.copy_(torch.where(a, b * mom + g, b))
-                    p.sub_(torch.where(a, b, torch.zeros_like(b)), alpha=lr)
+                    if persistent:
+                        p.sub_(torch.where(a, b * lr_views[i], torch.zeros_like(b)))
+                    else:
+                        p.sub_(torch.where(a, b, torch.zeros_like(b)), alpha=lr)
                 for kk in stat_keys:
                     a = active.view(-1, *([1] * (saved[kk].dim() - 1)))
                     state[kk].copy_(torch.where(a, state[kk], saved[kk]))
         for p in params:
             p.requires_grad_(False)
+        if persistent:  # each participant's optimizer state, kept for its next selection
+            for m, b in zip(momentum, bufs):
+                m[fed_of, pid] = b
         losses[:, r - 1] = (loss_sum / n_steps.clamp(min=1)).view(R, k).mean(1).cpu().numpy()
 
         # --- aggregation --------------------------------------------------------------------

@@ -105,3 +105,23 @@ def pad_like_schedule(t: torch.Tensor, n_max: int) -> torch.Tensor:
     """A per-sample tensor [n, ...] of one schedule padded to n_max rows by repeating it, as
     the fast engine pads unequal schedules (entry i is entry i mod n)."""
     return t.repeat((n_max + len(t) - 1) // len(t), *([1] * (t.dim() - 1)))[:n_max]
+
+
+def training_calls(selected: np.ndarray) -> np.ndarray:
+    """For one repeat's selections [rounds, k]: how many times each selected participant had
+    trained before that round [rounds, k] (its step scheduler's position, client_state
+    "persistent")."""
+    counts: dict[int, int] = {}
+    out = np.zeros(selected.shape, dtype=np.int64)
+    for r, row in enumerate(selected):
+        for s, p in enumerate(row):
+            out[r, s] = counts.get(int(p), 0)
+            counts[int(p)] = out[r, s] + 1
+    return out
+
+
+def learning_rates(cfg: Config, selected: np.ndarray) -> np.ndarray:
+    """The learning rate of each selected participant [rounds, k] in one repeat."""
+    if cfg.client_state == "persistent":
+        return np.vectorize(cfg.lr_after_calls, otypes=[float])(training_calls(selected))
+    return np.repeat([[cfg.lr_at(r)] for r in range(1, len(selected) + 1)], selected.shape[1], 1)
