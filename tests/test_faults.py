@@ -154,13 +154,13 @@ def test_damaged_entry_is_detected_and_recomputed(tmp_path):
     victim, other = st.keys()
     original = st.get(victim)
     before_other = entry_ids(tmp_path)[other]
-    p = tmp_path / victim / "rounds.csv"
+    p = tmp_path / victim / "rounds.parquet"
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
     p.write_bytes(bytes(data))
 
     info: dict = {}
-    with pytest.warns(StoreWarning, match=f"{victim}.*checksum mismatch for rounds.csv"):
+    with pytest.warns(StoreWarning, match=f"{victim}.*checksum mismatch for rounds.parquet"):
         df = S.sweep(grid, store=tmp_path, progress=False, info=info)
     assert info["computed"] == 1 and info["stored"] == 1
     assert len(df) == 2

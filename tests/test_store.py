@@ -1,4 +1,5 @@
-"""Tests for flcore.store: exact round trips, stable keys, corruption handling, crash safety."""
+"""Tests for flcore.store: Parquet round trips, stable keys, stale and damaged entries,
+crash safety."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from flcore.runs import store
@@ -103,7 +105,13 @@ def test_round_trip_exact(tmp_path):
     # float bits identical (assert_frame_equal treats -0.0 == 0.0 and nan == nan)
     got = entry.frames["final"]["acc"].to_numpy()
     assert got.tobytes() == frames["final"]["acc"].to_numpy().tobytes()
-    assert entry.frames["final"]["maybe"][1] is None
+    # an object column comes back as object; Parquet has one null, so every missing value is None
+    assert entry.frames["final"]["maybe"].dtype == object
+    assert entry.frames["final"]["maybe"].tolist() == ["x", None, "nan", "None", None]
+    recall = entry.frames["recall"]
+    assert recall.index.names == ["repeat", "cls"]
+    assert str(recall["nullable"].dtype) == "Int64" and recall["nullable"].isna().sum() == 10
+    assert recall["tag"].dtype == frames["recall"]["tag"].dtype  # categories and order kept
     assert set(entry.arrays) == set(arrays)
     for name, a in arrays.items():
         b = entry.arrays[name]
@@ -111,9 +119,53 @@ def test_round_trip_exact(tmp_path):
     # files on disk are the documented layout
     files = sorted(p.name for p in (tmp_path / "s" / key).iterdir())
     assert files == sorted(["MANIFEST.json", "config.json", "meta.json", "arrays.npz",
-                            "final.csv", "recall.csv", "empty.csv", "norows.csv"])
+                            "final.parquet", "recall.parquet", "empty.parquet",
+                            "norows.parquet"])
     with np.load(tmp_path / "s" / key / "arrays.npz", allow_pickle=False) as z:
         assert np.array_equal(z["confusion"], arrays["confusion"])
+    manifest = st.get(key).manifest
+    assert manifest["schema"] == store.SCHEMA_VERSION == 2
+    assert manifest["flcore_version"] == store.__version__
+    assert manifest["numerics_version"] == store.NUMERICS_VERSION
+
+
+def test_frames_are_plain_parquet_files(tmp_path):
+    """Any Parquet reader (pyarrow, pandas, DuckDB) reads a frame file without flcore."""
+    st = Store(tmp_path)
+    key = _put(st)
+    table = pq.read_table(tmp_path / key / "final.parquet")
+    assert table.num_rows == 5 and table.column_names == list(_frames()["final"].columns)
+    assert table.column("big").to_pylist() == [2**63 - 1, -(2**63), 0, 1, -1]
+    direct = pd.read_parquet(tmp_path / key / "recall.parquet")
+    pd.testing.assert_frame_equal(direct, _frames()["recall"], check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "df",
+    [
+        pd.DataFrame({0: [1.5, 2.5], 1: ["a", "b"]}),  # int column labels
+        pd.DataFrame({"a": [1, 2]}, index=pd.RangeIndex(5, 7, name="r")),
+        pd.DataFrame({"a": [1, 2]}, index=pd.Index(["x", None], dtype=object, name="n")),
+        pd.DataFrame({"a": [1, 2]}, index=pd.Index([0.5, 1.5], name="f")),
+        pd.DataFrame({"t": pd.to_datetime(["2020-01-01", None]).tz_localize("Europe/Paris"),
+                      "ns": np.array(["2020-01-01T00:00:00.000000001", "NaT"], "datetime64[ns]"),
+                      "td": pd.to_timedelta([1, None], unit="s")}),
+        pd.DataFrame({"na": pd.array(["a", None], dtype="string"),
+                      "nan": pd.array(["a", None], dtype="str"),
+                      "i8": np.array([-1, 2], np.int8), "f16": np.array([1, 2], np.float16)}),
+        pd.DataFrame({"c": pd.Categorical(["b", None], categories=["c", "b", "a"], ordered=True),
+                      "fl": pd.array([0.5, None], dtype="Float32"),
+                      "b": pd.array([None, False], dtype="boolean")}),
+    ],
+    ids=["int-labels", "range-index", "object-index", "float-index", "datetimes", "strings",
+         "categorical-and-masked"],
+)
+def test_parquet_round_trip_of_supported_dtypes(tmp_path, df):
+    st = Store(tmp_path)
+    st.put("k", {}, {"f": df}, {}, {})
+    got = st.get("k").frames["f"]
+    pd.testing.assert_frame_equal(got, df, check_exact=True)
+    assert list(got.dtypes.astype(str)) == list(df.dtypes.astype(str))
 
 
 def test_config_is_normalised_and_tuple_lists(tmp_path):
@@ -131,6 +183,23 @@ def test_put_rejects_unstorable_data(tmp_path):
         st.put("k", {}, {}, {"a": np.array([{"x": 1}], dtype=object)}, {})
     with pytest.raises(StoreError, match="object column"):
         st.put("k", {}, {"f": pd.DataFrame({"x": pd.Series([1, "a"], dtype=object)})}, {}, {})
+    # an object column of numbers would come back as int64: refused, not silently changed
+    with pytest.raises(StoreError, match="object column"):
+        st.put("k", {}, {"f": pd.DataFrame({"x": pd.Series([1, 2], dtype=object)})}, {}, {})
+    # Parquet keeps only str categories; numbers would come back as float64
+    with pytest.raises(StoreError, match=r"column 'c' of dtype category would come back.*float64"):
+        st.put("k", {}, {"f": pd.DataFrame({"c": pd.Categorical([1, None])})}, {}, {})
+    with pytest.raises(StoreError, match="cannot be written as Parquet"):
+        st.put("k", {}, {"f": pd.DataFrame({"z": np.array([1 + 2j])})}, {}, {})
+    with pytest.raises(StoreError, match="duplicate column"):
+        st.put("k", {}, {"f": pd.DataFrame([[1, 2]], columns=["a", "a"])}, {}, {})
+    with pytest.raises(StoreError, match="mixes str and int"):
+        st.put("k", {}, {"f": pd.DataFrame({0: [1], "a": [2]})}, {}, {})
+    with pytest.raises(StoreError, match="MultiIndex columns"):
+        st.put("k", {}, {"f": pd.DataFrame([[1]], columns=pd.MultiIndex.from_tuples([("a", "b")]))},
+               {}, {})
+    with pytest.raises(StoreError, match="not a pandas DataFrame"):
+        st.put("k", {}, {"f": pd.Series([1])}, {}, {})
     with pytest.raises(StoreError, match="invalid frame name"):
         st.put("k", {}, {"../evil": pd.DataFrame()}, {}, {})
     with pytest.raises(ValueError, match="invalid store key"):
@@ -202,8 +271,8 @@ def test_config_key_rejects_unjsonable():
 # --------------------------------------------------------------------------------------
 
 
-def _flip_csv(d: Path) -> None:
-    p = d / "final.csv"
+def _flip_frame(d: Path) -> None:
+    p = d / "final.parquet"
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01
     p.write_bytes(bytes(data))
@@ -224,17 +293,17 @@ def _garble_manifest(d: Path) -> None:
 
 
 def _drop_frame(d: Path) -> None:
-    (d / "recall.csv").unlink()
+    (d / "recall.parquet").unlink()
 
 
 @pytest.mark.parametrize(
     "damage, reason",
     [
-        (_flip_csv, "checksum mismatch for final.csv"),
+        (_flip_frame, "checksum mismatch for final.parquet"),
         (_truncate_npz, "size mismatch for arrays.npz"),
         (_drop_manifest, "missing MANIFEST.json"),
         (_garble_manifest, "unreadable MANIFEST.json"),
-        (_drop_frame, "missing file recall.csv"),
+        (_drop_frame, "missing file recall.parquet"),
     ],
 )
 def test_damaged_entry_is_quarantined(tmp_path, damage, reason):
@@ -253,7 +322,7 @@ def test_damaged_entry_is_quarantined(tmp_path, damage, reason):
     assert st.get(key) is not None
 
 
-@pytest.mark.parametrize("damage", [_flip_csv, _truncate_npz, _drop_manifest])
+@pytest.mark.parametrize("damage", [_flip_frame, _truncate_npz, _drop_manifest])
 def test_verify_all_reports_and_quarantines(tmp_path, damage):
     st = Store(tmp_path)
     bad = _put(st)
@@ -274,6 +343,81 @@ def test_get_without_verify_never_returns_unreadable_entry(tmp_path):
     with pytest.warns(StoreWarning, match="unreadable content"):
         assert st.get(key, verify=False) is None
     assert issubclass(CorruptEntryError, StoreError)
+    # a frame file that is no Parquet (checksums skipped): quarantined, not returned
+    key = _put(st)
+    (tmp_path / key / "final.parquet").write_bytes(b"PAR1 not really")
+    with pytest.warns(StoreWarning, match="unreadable content"):
+        assert st.get(key, verify=False) is None
+    # a Parquet file of other rows than the manifest says
+    key = _put(st)
+    pd.DataFrame({"round": [1]}).to_parquet(tmp_path / key / "final.parquet")
+    with pytest.warns(StoreWarning, match="expected 5 rows, found 1"):
+        assert st.get(key, verify=False) is None
+
+
+# --------------------------------------------------------------------------------------
+# old schema, other versions: never served
+# --------------------------------------------------------------------------------------
+
+
+def _set_schema(d: Path, schema: int) -> None:
+    import json
+
+    p = d / "MANIFEST.json"
+    m = json.loads(p.read_text())
+    m["schema"] = schema
+    p.write_text(json.dumps(m))
+
+
+def test_old_schema_entry_is_stale_never_served_and_replaced(tmp_path, recwarn):
+    st = Store(tmp_path)
+    old = _put(st, meta={"status": "ok", "writer": "old code"})
+    good = _put(st, config={**CONFIG, "seed": 2})
+    _set_schema(tmp_path / old, 1)  # as written by the CSV store
+    assert st.keys() == [good] and not st.has(old) and old not in st
+    assert st.get(old) is None and (tmp_path / old).is_dir()  # left in place, not quarantined
+    assert not (tmp_path / "_quarantine").exists()
+    assert st.verify_all()[old].startswith("stale: store schema 1")
+    assert set(st.table()["key"]) == {good}
+    # recomputing stores a fresh entry; the stale one is moved to _stale/
+    _put(st, meta={"status": "ok", "writer": "new code"})
+    assert st.get(old).meta["writer"] == "new code"
+    assert [p.name.split("-")[0] for p in (tmp_path / "_stale").iterdir()] == [old]
+    assert sorted(st.keys()) == sorted([old, good]) and _tmp_dirs(tmp_path) == []
+    assert not [w for w in recwarn if issubclass(w.category, StoreWarning)]
+
+
+def test_newer_schema_entry_asks_for_an_upgrade(tmp_path):
+    st = Store(tmp_path)
+    key = _put(st)
+    _set_schema(tmp_path / key, store.SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match="newer than this flcore.*upgrade flcore"):
+        st.get(key)
+    assert (tmp_path / key).is_dir()
+
+
+def test_table_leaves_out_entries_of_other_numerics_or_flcore_versions(tmp_path, monkeypatch):
+    st = Store(tmp_path)
+    monkeypatch.setattr(store, "NUMERICS_VERSION", 0)
+    old_n = _put(st, config={**CONFIG, "seed": 10})
+    monkeypatch.setattr(store, "NUMERICS_VERSION", 1)
+    monkeypatch.setattr(store, "__version__", "0.0.1")
+    old_v = _put(st, config={**CONFIG, "seed": 11})
+    monkeypatch.undo()
+    cur = _put(st, config={**CONFIG, "seed": 12})
+    t = st.table()
+    assert set(t["key"]) == {cur} and (t["numerics_version"] == store.NUMERICS_VERSION).all()
+    every = st.table(include_stale=True)
+    assert set(every["key"]) == {old_n, old_v, cur}
+    assert every.groupby("key")["numerics_version"].first()[old_n] == 0
+
+
+def test_import_flcore_does_not_load_pyarrow():
+    code = ("import sys, flcore; from flcore import Config; Config(); "
+            "print('pyarrow' in sys.modules, 'flcore.runs.store' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False False"
 
 
 # --------------------------------------------------------------------------------------
@@ -414,7 +558,7 @@ def test_rename_collision_keeps_existing_entry(tmp_path, monkeypatch):
 def test_rename_collision_with_damaged_existing_entry(tmp_path, monkeypatch):
     st = Store(tmp_path)
     key = _put(st, meta={"writer": "old"})
-    _flip_csv(tmp_path / key)
+    _flip_frame(tmp_path / key)
     monkeypatch.setattr(Store, "has", lambda self, key: False)
     with pytest.warns(StoreWarning, match="checksum mismatch"):
         st.put(key, CONFIG, _frames(), _arrays(), {"writer": "new"})

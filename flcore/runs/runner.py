@@ -77,10 +77,13 @@ def resolved(config: Config) -> Config:
 
 
 def store_key(config: Config) -> str:
-    """The result-store key of `config` on this machine (device kind and precision resolved)."""
+    """The result-store key of `config` on this machine: the resolved config (device kind and
+    precision resolved, every extension default filled in), the flcore version and
+    `flcore.core.numerics.NUMERICS_VERSION`."""
+    from flcore.core.numerics import key_version
     from flcore.runs.store import config_key
 
-    return config_key(resolved(config).key_dict(), __version__)
+    return config_key(resolved(config).key_dict(), key_version(__version__))
 
 
 def run(

@@ -4,9 +4,14 @@ One *entry* per experiment configuration, stored as a directory ``<store>/<key>/
 
     config.json      the normalised configuration (JSON)
     meta.json        small JSON dict: flcore version, wall time, status ("ok", "diverged", ...)
-    <frame>.csv      one tidy CSV per pandas DataFrame (exact round trip, see below)
+    <frame>.parquet  one Parquet file (pyarrow) per pandas DataFrame, e.g. final.parquet
     arrays.npz       all numpy arrays (plain .npz, loaded with ``allow_pickle=False``)
-    MANIFEST.json    written LAST: sha256 + size of every file, schema version, frame dtypes
+    MANIFEST.json    written LAST: sha256 + size of every file, store schema version, the
+                     flcore and numerics versions that wrote the entry, frame specs
+
+The frames of the runner's entries are ``rounds``, ``recall``, ``final`` (one row per repeat)
+and, with a defense, ``excluded``: ``<store>/*/final.parquet`` can be read directly by DuckDB or
+``pd.read_parquet`` (docs/RELIABILITY.md, "Querying a store").
 
 Crash safety
 ------------
@@ -26,27 +31,44 @@ size mismatch, missing file, unreadable manifest, unparsable content) is moved a
 ``<store>/_quarantine/<key>-<timestamp>/``, a :class:`StoreWarning` is emitted and ``None``
 is returned so the caller recomputes.  A damaged entry is never returned.
 
-Exact DataFrame round trip
---------------------------
-Frames are written as CSV but every column is encoded by the store itself: floats with
-``repr`` (shortest string that round-trips; ``nan``/``inf`` included; float32 values via their
-exact float64 value), ints/bools verbatim, strings verbatim (quoted by the csv writer; missing
-values recorded by row position in the manifest so ``""``, ``"nan"`` and ``None`` stay
-distinct).  Column dtypes, column names, and a non-default index are recorded in the manifest
-and restored on read.  Supported column dtypes: numpy bool/int/uint/float, tz-naive
-``datetime64``, ``object`` columns holding only ``str``/missing values, pandas ``str``/
-``string``, nullable ``Int*``/``UInt*``/``Float*``/``boolean`` and ``category``.  Anything
-else raises :class:`StoreError` at ``put`` time rather than being silently altered.
+Old entries
+-----------
+An entry whose manifest has an older store schema (``SCHEMA_VERSION``; schema 1 held CSV
+frames) is *stale*: ``keys()``, ``has()``, ``get()`` and ``table()`` treat it as absent, so
+it is never served and its configuration is recomputed; a ``put`` of the same key moves it to
+``<store>/_stale/<key>-<timestamp>/``.  An entry of a *newer* schema raises
+:class:`StoreError` ("upgrade flcore").  ``table()`` also leaves out, by default, entries
+written by another flcore or numerics version (``flcore.core.numerics``): their keys can
+never be asked for by this code.
+
+DataFrame round trip
+--------------------
+Frames are written with ``DataFrame.to_parquet(engine="pyarrow")``; pandas' metadata in the
+file restores column dtypes and labels and a non-default index (a ``RangeIndex`` is kept as
+metadata only, any other index is stored as columns).  Exact: numpy bool/int/uint/float
+(float bits, ``nan``/``inf``/``-0.0`` included), ``datetime64`` (tz-naive or aware),
+``timedelta64``, pandas ``str``/``string`` (with pandas' default storage), nullable
+``Int*``/``UInt*``/``Float*``/``boolean``, ``category`` with str categories, str or int
+column labels.  ``object`` columns may hold only ``str`` and missing values; they come back
+as ``object`` columns whose missing values are all ``None`` (Parquet has one null, so
+``None``, ``nan`` and ``pd.NA`` there are not told apart).  ``put`` reads every frame file
+back: a column or index whose dtype would not be restored (a categorical of numbers, an
+object column of numbers, complex numbers, ...) raises :class:`StoreError` at ``put`` time
+rather than being silently altered.
 
 Config keys
 -----------
-:func:`config_key` hashes the normalised config plus the flcore version.  Normalisation:
+:func:`config_key` hashes the normalised config plus a version string (the runner passes the
+flcore version and the numerics version, ``flcore.runs.runner.store_key``).  Normalisation:
 tuples and lists -> lists, numpy scalars/arrays -> Python values, ``os.PathLike`` -> str,
 mapping keys -> str.  Floats are kept as floats and serialised by ``repr`` (so ``0.1`` and
 ``float("0.1")`` and ``0.10000000000000001`` are the same value and the same key).
 ``1`` (int) and ``1.0`` (float) are DIFFERENT values and give DIFFERENT keys, because their
 JSON forms differ and a config that says ``lr=1`` is not byte-identical to ``lr=1.0``;
 normalise numeric types in the config builder if you want them merged.  ``True`` is not ``1``.
+
+This module imports pyarrow only inside the functions that need it, and ``import flcore``
+does not import this module (pandas itself loads pyarrow, when installed, on ``import pandas``).
 """
 
 from __future__ import annotations
@@ -72,6 +94,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flcore import __version__
+from flcore.core.numerics import NUMERICS_VERSION
+
 __all__ = [
     "SCHEMA_VERSION",
     "CorruptEntryError",
@@ -84,23 +109,23 @@ __all__ = [
     "open",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: CSV frames with a hand-written codec; 2: Parquet frames
 MANIFEST = "MANIFEST.json"
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
 ARRAYS_FILE = "arrays.npz"
+FRAME_SUFFIX = ".parquet"
 QUARANTINE = "_quarantine"
+STALE = "_stale"
 TMP_PREFIX = ".tmp-"
 DEFAULT_STALE_TMP_AGE = 3600.0
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _RESERVED_FRAME_NAMES = {"MANIFEST", "config", "meta", "arrays"}
-_MASKED_RE = re.compile(r"^(U?Int(8|16|32|64)|Float(32|64)|boolean)$")
 _CHUNK = 1 << 20
 
 _open = builtins.open  # the module defines its own ``open`` below
-
 
 # --------------------------------------------------------------------------------------
 # errors
@@ -244,13 +269,29 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _write_frame(path: Path, df: pd.DataFrame, name: str) -> dict:
-    """Encode ``df`` (exact round trip) to CSV at ``path``; return its manifest spec."""
-    out, header, spec = _encode_frame(df, name)
-    with _open(path, "w", encoding="utf-8", newline="") as f:
-        if out is not None:
-            out.to_csv(f, index=False, header=header, lineterminator="\n")
+    """Write ``df`` as Parquet (pyarrow) at ``path``, fsynced; return its manifest spec."""
+    spec = _frame_spec(df, name)
+    try:
+        import pyarrow as pa
+    except ImportError as exc:  # pragma: no cover - pyarrow is a dependency
+        raise StoreError(
+            "storing a DataFrame needs pyarrow: `pip install pyarrow` (it is a dependency of "
+            "flcore; reinstall with `pip install -e .`)"
+        ) from exc
+    with _open(path, "wb") as f:
+        try:
+            df.to_parquet(f, engine="pyarrow", index=None)
+        except OSError:
+            raise  # a full disk, a permission error: reported by ``put``
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"frame {name!r} cannot be written as Parquet ({type(exc).__name__}: {exc}); "
+                "convert the offending column (e.g. .astype(str) or .astype(float)) before "
+                "storing"
+            ) from exc
         f.flush()
         os.fsync(f.fileno())
+    _check_round_trip(path, df, spec, name)
     return spec
 
 
@@ -280,269 +321,129 @@ def _sha256_file(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# exact DataFrame <-> CSV encoding
+# DataFrame checks and the object-column fix-up (everything else is pandas' Parquet metadata)
 # --------------------------------------------------------------------------------------
 
 
 def _jsonable_label(label: Any, what: str) -> Any:
-    if label is None or isinstance(label, (str, bool)):
+    if label is None or isinstance(label, str):
         return label
-    if isinstance(label, (int, np.integer)):
+    if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
         return int(label)
-    if isinstance(label, (float, np.floating)) and math.isfinite(float(label)):
-        return float(label)
     raise StoreError(f"{what} label {label!r} is not a str/int; rename it before storing")
 
 
-def _float_strings(values: np.ndarray) -> list[str]:
-    return [repr(v) for v in values.astype(np.float64).tolist()]
-
-
-def _null_positions(mask: np.ndarray) -> list[int]:
-    return np.flatnonzero(mask).tolist()
-
-
-def _encode_series(s: pd.Series | pd.Index, what: str) -> tuple[np.ndarray, dict]:
-    """Encode a column/level into an object array of str plus a spec for decoding."""
-    dtype = s.dtype
-    n = len(s)
-    if isinstance(dtype, pd.CategoricalDtype):
-        cats = pd.Series(dtype.categories)
-        cat_strs, cat_spec = _encode_series(cats, f"{what} categories")
-        codes = np.asarray(s.cat.codes if isinstance(s, pd.Series) else s.codes)
-        strs = np.empty(n, dtype=object)
-        valid = codes >= 0
-        strs[valid] = cat_strs[codes[valid]]
-        strs[~valid] = ""
-        return strs, {
-            "kind": "category",
-            "ordered": bool(dtype.ordered),
-            "categories": cat_strs.tolist(),
-            "categories_spec": cat_spec,
-            "nulls": _null_positions(~valid),
-        }
-    if isinstance(dtype, pd.StringDtype):
-        arr = s.to_numpy(dtype=object, na_value=None)
-        mask = np.array([v is None for v in arr], dtype=bool)
-        strs = np.where(mask, "", arr).astype(object)
-        return strs, {
-            "kind": "string",
-            "storage": dtype.storage,
-            "na_value": "NA" if dtype.na_value is pd.NA else "nan",
-            "nulls": _null_positions(mask),
-        }
-    if isinstance(dtype, pd.api.extensions.ExtensionDtype) and _MASKED_RE.match(dtype.name):
-        # nullable Int*/UInt*/Float*/boolean
-        mask = np.asarray(pd.isna(s))
-        base = np.dtype(dtype.numpy_dtype)
-        filled = np.asarray(s.to_numpy(dtype=object, na_value=None))
-        strs = np.empty(n, dtype=object)
-        for i, v in enumerate(filled):
-            if mask[i]:
-                strs[i] = ""
-            elif base.kind == "f":
-                strs[i] = repr(float(v))
-            elif base.kind == "b":
-                strs[i] = "True" if v else "False"
-            else:
-                strs[i] = str(int(v))
-        return strs, {"kind": "masked", "dtype": dtype.name, "nulls": _null_positions(mask)}
-    if not isinstance(dtype, np.dtype):
+def _check_object_values(values: Any, what: str) -> None:
+    for v in np.asarray(values, dtype=object).tolist():
+        if isinstance(v, str) or v is None or v is pd.NA:
+            continue
+        if isinstance(v, float) and math.isnan(v):
+            continue
         raise StoreError(
-            f"{what} has dtype {dtype} which the store cannot round-trip exactly; "
-            "convert it (e.g. .astype(str) or .astype(float)) before storing"
+            f"{what} is an object column holding a {type(v).__name__} ({v!r}); only str and "
+            "missing values can be stored exactly. Convert the column (e.g. .astype(str) or a "
+            "numeric dtype) before storing"
         )
-    arr = np.asarray(s)
-    if dtype.kind == "b":
-        return np.where(arr, "True", "False").astype(object), {"kind": "numpy", "dtype": "bool"}
-    if dtype.kind in "iu":
-        return arr.astype(str).astype(object), {"kind": "numpy", "dtype": dtype.name}
-    if dtype.kind == "f":
-        return np.array(_float_strings(arr), dtype=object), {"kind": "numpy", "dtype": dtype.name}
-    if dtype.kind == "M":
-        return np.datetime_as_string(arr).astype(object), {"kind": "numpy", "dtype": dtype.name}
-    if dtype.kind == "O":
-        strs = np.empty(n, dtype=object)
-        nones, nans, nas = [], [], []
-        for i, v in enumerate(arr.tolist()):
-            if isinstance(v, str):
-                strs[i] = v
-                continue
-            strs[i] = ""
-            if v is None:
-                nones.append(i)
-            elif v is pd.NA:
-                nas.append(i)
-            elif isinstance(v, float) and math.isnan(v):
-                nans.append(i)
-            else:
-                raise StoreError(
-                    f"{what} is an object column holding a {type(v).__name__} ({v!r}); only "
-                    "str and missing values can be stored exactly. Convert the column "
-                    "(e.g. .astype(str) or a numeric dtype) before storing"
-                )
-        return strs, {"kind": "object", "none": nones, "nan": nans, "na": nas}
-    raise StoreError(
-        f"{what} has dtype {dtype} which the store cannot round-trip exactly; "
-        "convert it (e.g. .astype(str) or .astype(float)) before storing"
-    )
 
 
-def _decode_series(raw: np.ndarray, spec: dict, what: str) -> Any:
-    """Inverse of :func:`_encode_series`; returns an array-like suitable for a column."""
-    kind = spec["kind"]
-    n = len(raw)
-    if kind == "numpy":
-        dt = np.dtype(spec["dtype"])
-        if dt.kind == "b":
-            bad = [v for v in raw if v not in ("True", "False")]
-            if bad:
-                raise CorruptEntryError(f"{what}: non-boolean value {bad[0]!r}")
-            return raw == "True"
-        if dt.kind in "iu":
-            return np.array([int(v) for v in raw], dtype=object).astype(dt)
-        if dt.kind == "f":
-            return np.array([float(v) for v in raw], dtype=np.float64).astype(dt)
-        if dt.kind == "M":
-            return np.array(raw.tolist(), dtype=dt)
-        raise CorruptEntryError(f"{what}: unknown dtype {spec['dtype']!r}")
-    if kind == "object":
-        out = np.array(raw, dtype=object)
-        for i in spec.get("none", []):
-            out[i] = None
-        for i in spec.get("nan", []):
-            out[i] = np.nan
-        for i in spec.get("na", []):
-            out[i] = pd.NA
-        return out
-    if kind == "string":
-        out = np.array(raw, dtype=object)
-        for i in spec["nulls"]:
-            out[i] = None
-        na_value = pd.NA if spec["na_value"] == "NA" else np.nan
-        return pd.array(out, dtype=pd.StringDtype(storage=spec["storage"], na_value=na_value))
-    if kind == "masked":
-        dtype = pd.api.types.pandas_dtype(spec["dtype"])
-        base = np.dtype(dtype.numpy_dtype)
-        nulls = set(spec["nulls"])
-        vals: list[Any] = []
-        for i, v in enumerate(raw):
-            if i in nulls:
-                vals.append(None)
-            elif base.kind == "f":
-                vals.append(float(v))
-            elif base.kind == "b":
-                vals.append(v == "True")
-            else:
-                vals.append(int(v))
-        return pd.array(vals, dtype=dtype)
-    if kind == "category":
-        cat_raw = np.array(spec["categories"], dtype=object)
-        cats = pd.Index(_decode_series(cat_raw, spec["categories_spec"], what))
-        lookup = {s: i for i, s in enumerate(spec["categories"])}
-        nulls = set(spec["nulls"])
-        codes = np.empty(n, dtype=np.int64)
-        for i, v in enumerate(raw):
-            if i in nulls:
-                codes[i] = -1
-            else:
-                try:
-                    codes[i] = lookup[v]
-                except KeyError:
-                    raise CorruptEntryError(f"{what}: unknown category {v!r}") from None
-        return pd.Categorical.from_codes(codes, categories=cats, ordered=spec["ordered"])
-    raise CorruptEntryError(f"{what}: unknown column encoding {kind!r}")
+def _is_object(dtype: Any) -> bool:
+    return isinstance(dtype, np.dtype) and dtype.kind == "O"
 
 
-def _is_default_index(idx: pd.Index) -> bool:
-    return (
-        isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1 and idx.name is None
-    )
-
-
-def _encode_frame(df: pd.DataFrame, name: str) -> tuple[pd.DataFrame | None, list[str], dict]:
+def _frame_spec(df: pd.DataFrame, name: str) -> dict:
+    """Check that ``df`` round-trips through Parquet; return what the manifest records."""
     if not isinstance(df, pd.DataFrame):
         raise StoreError(f"frame {name!r} is a {type(df).__name__}, not a pandas DataFrame")
     if isinstance(df.columns, pd.MultiIndex):
         raise StoreError(f"frame {name!r} has MultiIndex columns; flatten them before storing")
     columns = [_jsonable_label(c, f"frame {name!r} column") for c in df.columns]
-    encoded: list[np.ndarray] = []
-    specs: list[dict] = []
-    header: list[str] = []
-    index_names: list[Any] | None = None
-    if not _is_default_index(df.index):
-        index_names = [_jsonable_label(n, f"frame {name!r} index name") for n in df.index.names]
-        for level, lname in enumerate(df.index.names):
-            values = df.index.get_level_values(level)
-            strs, spec = _encode_series(values, f"frame {name!r} index level {level}")
-            encoded.append(strs)
-            specs.append(spec)
-            header.append(str(lname) if lname is not None else f"index{level}")
-    for pos, col in enumerate(df.columns):
-        strs, spec = _encode_series(df.iloc[:, pos], f"frame {name!r} column {col!r}")
-        encoded.append(strs)
-        specs.append(spec)
-        header.append(str(col))
-    spec = {
-        "file": f"{name}.csv",
+    if len({type(c) for c in columns}) > 1:
+        raise StoreError(f"frame {name!r} mixes str and int column labels; use one kind")
+    if not df.columns.is_unique:
+        raise StoreError(f"frame {name!r} has duplicate column labels; rename them")
+    for n in df.index.names:
+        _jsonable_label(n, f"frame {name!r} index name")
+    obj_cols = [i for i, dt in enumerate(df.dtypes) if _is_object(dt)]
+    for i in obj_cols:
+        _check_object_values(df.iloc[:, i], f"frame {name!r} column {df.columns[i]!r}")
+    obj_levels = []
+    for level in range(df.index.nlevels):
+        values = df.index.get_level_values(level)
+        if _is_object(values.dtype):
+            _check_object_values(values, f"frame {name!r} index level {level}")
+            obj_levels.append(level)
+    return {
+        "file": f"{name}{FRAME_SUFFIX}",
         "nrows": len(df),
         "columns": columns,
-        "columns_dtype": str(df.columns.dtype),
-        "columns_name": _jsonable_label(df.columns.name, f"frame {name!r} columns name"),
-        "index_names": index_names,
-        "specs": specs,
+        "object_columns": obj_cols,
+        "object_index_levels": obj_levels,
     }
-    if not encoded:
-        return None, [], spec
-    out = pd.DataFrame({f"c{i}": e for i, e in enumerate(encoded)})
-    return out, header, spec
+
+
+def _same_dtype(a: Any, b: Any) -> bool:
+    if isinstance(a, pd.StringDtype) and isinstance(b, pd.StringDtype):
+        return a.na_value is b.na_value  # the storage (python/pyarrow) is pandas' default
+    if isinstance(a, pd.CategoricalDtype) and isinstance(b, pd.CategoricalDtype):
+        return (a.ordered == b.ordered and a.categories.equals(b.categories)
+                and _same_dtype(a.categories.dtype, b.categories.dtype))
+    return a == b
+
+
+def _check_round_trip(path: Path, df: pd.DataFrame, spec: dict, name: str) -> None:
+    """Read the written file back: a column or index whose dtype Parquet would not restore
+    (e.g. a categorical of numbers, a period) is an error now, not a silent change later."""
+    back = _read_frame(path, spec, name)
+    what = f"frame {name!r}"
+    for pos, col in enumerate(df.columns):
+        was, got = df.dtypes.iloc[pos], back.dtypes.iloc[pos]
+        if not _same_dtype(was, got):
+            raise StoreError(
+                f"{what} column {col!r} of dtype {was} would come back from Parquet as {got}; "
+                "convert it (e.g. .astype(str), .astype(float), or str categories) before "
+                "storing"
+            )
+    a, b = df.index, back.index
+    same = type(a) is type(b) and list(a.names) == list(b.names) and a.nlevels == b.nlevels
+    if same and isinstance(a, pd.RangeIndex):
+        same = a.equals(b)
+    if same and not isinstance(a, pd.RangeIndex):
+        same = all(_same_dtype(a.get_level_values(i).dtype, b.get_level_values(i).dtype)
+                   for i in range(a.nlevels))
+    if not same:
+        raise StoreError(
+            f"{what} has an index ({type(a).__name__}, dtypes {list(getattr(a, 'dtypes', [a.dtype]))}) "
+            "that Parquet would not restore; reset_index() it or convert it before storing"
+        )
+
+
+def _as_object(values: Any) -> np.ndarray:
+    """An object array of ``values`` with every missing value as ``None``."""
+    out = np.asarray(values, dtype=object).copy()
+    out[np.asarray(pd.isna(values), dtype=bool)] = None
+    return out
 
 
 def _read_frame(path: Path, spec: dict, name: str) -> pd.DataFrame:
-    specs = spec["specs"]
-    nrows = spec["nrows"]
+    df = pd.read_parquet(path, engine="pyarrow")
     what = f"frame {name!r}"
-    if not specs:
-        raw = None
-    else:
-        internal = [f"c{i}" for i in range(len(specs))]
-        raw = pd.read_csv(
-            path,
-            header=0,
-            names=internal,
-            dtype=object,
-            keep_default_na=False,
-            na_filter=False,
-            skip_blank_lines=False,
-            encoding="utf-8",
-        )
-        if len(raw) != nrows:
-            raise CorruptEntryError(f"{what}: expected {nrows} rows, found {len(raw)}")
-    decoded = [
-        _decode_series(raw.iloc[:, i].to_numpy(dtype=object), s, f"{what} field {i}")
-        for i, s in enumerate(specs)
-    ]
-    # object columns must be wrapped explicitly, or pandas would infer the ``str`` dtype
-    obj = [s["kind"] == "object" for s in specs]
-    index_names = spec["index_names"]
-    n_index = len(index_names) if index_names is not None else 0
-    levels = [pd.Index(d, dtype=object if o else None) for d, o in zip(decoded, obj)][:n_index]
-    if index_names is None:
-        index: pd.Index = pd.RangeIndex(nrows)
-    elif n_index == 1:
-        index = levels[0].rename(index_names[0])
-    else:
-        index = pd.MultiIndex.from_arrays(levels, names=index_names)
-    data = {
-        i: pd.Series(decoded[n_index + i], index=index, dtype=object if obj[n_index + i] else None)
-        for i in range(len(spec["columns"]))
-    }
-    df = pd.DataFrame(data, index=index)
-    try:
-        cols = pd.Index(spec["columns"], dtype=spec["columns_dtype"], name=spec["columns_name"])
-    except (TypeError, ValueError):
-        cols = pd.Index(spec["columns"], name=spec["columns_name"])
-    df.columns = cols
+    if len(df) != spec["nrows"]:
+        raise CorruptEntryError(f"{what}: expected {spec['nrows']} rows, found {len(df)}")
+    if [int(c) if isinstance(c, np.integer) else c for c in df.columns] != spec["columns"]:
+        raise CorruptEntryError(f"{what}: columns differ from the manifest")
+    # object columns come back as pandas' string dtype: restore them (missing -> None)
+    for i in spec.get("object_columns", []):
+        df.isetitem(i, pd.Series(_as_object(df.iloc[:, i]), index=df.index, dtype=object))
+    levels = spec.get("object_index_levels", [])
+    if levels:
+        idx = df.index
+        arrays = [
+            pd.Index(_as_object(idx.get_level_values(i)), dtype=object) if i in levels
+            else idx.get_level_values(i)
+            for i in range(idx.nlevels)
+        ]
+        df.index = (arrays[0].rename(idx.names[0]) if idx.nlevels == 1
+                    else pd.MultiIndex.from_arrays(arrays, names=idx.names))
     return df
 
 
@@ -558,6 +459,11 @@ class Entry:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict, repr=False)  # schema, versions, checksums
+
+
+class _StaleEntry(Exception):
+    """An entry of an older store schema: treated as absent, never served."""
 
 
 def _check_key(key: str) -> str:
@@ -661,13 +567,26 @@ class Store:
             return []
         return sorted(out)
 
+    def _listed(self, entry_dir: Path) -> bool:
+        """Whether an entry directory counts as an entry: it has a manifest, not of an older
+        schema (a manifest too damaged to tell counts: ``get`` quarantines it)."""
+        try:
+            with _open(entry_dir / MANIFEST, encoding="utf-8") as f:
+                schema = json.load(f).get("schema")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, AttributeError):
+            return (entry_dir / MANIFEST).is_file()
+        return not (isinstance(schema, int) and schema < SCHEMA_VERSION)
+
     def keys(self) -> list[str]:
-        """Keys of complete (manifest-bearing) entries, sorted; no checksum work."""
-        return [k for k in self._entry_dirs() if (self.path / k / MANIFEST).is_file()]
+        """Keys of complete (manifest-bearing) entries, sorted; no checksum work. Entries of
+        an older store schema are left out (stale: never served)."""
+        return [k for k in self._entry_dirs() if self._listed(self.path / k)]
 
     def has(self, key: str) -> bool:
         _check_key(key)
-        return (self.path / key / MANIFEST).is_file()
+        return self._listed(self.path / key)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and bool(_KEY_RE.match(key)) and self.has(key)
@@ -702,6 +621,8 @@ class Store:
                 f"entry {entry_dir} uses store schema {schema}, newer than this flcore "
                 f"(schema {SCHEMA_VERSION}); upgrade flcore to read it"
             )
+        if schema < SCHEMA_VERSION:
+            raise _StaleEntry(schema)
         return manifest
 
     def _verify_files(self, entry_dir: Path, manifest: dict) -> None:
@@ -724,6 +645,12 @@ class Store:
             raise CorruptEntryError(f"manifest key {manifest.get('key')!r} does not match")
         if verify:
             self._verify_files(entry_dir, manifest)
+        try:
+            import pyarrow as pa
+
+            arrow_errors: tuple[type[BaseException], ...] = (pa.ArrowException,)
+        except ImportError:  # pragma: no cover - pyarrow is a dependency
+            arrow_errors = ()
         try:
             with _open(entry_dir / CONFIG_FILE, encoding="utf-8") as f:
                 config = json.load(f)
@@ -749,12 +676,15 @@ class Store:
             raise
         except FileNotFoundError as exc:
             raise CorruptEntryError(f"missing file {Path(exc.filename or '?').name}") from None
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError,
+                zipfile.BadZipFile, *arrow_errors) as exc:
             raise CorruptEntryError(f"unreadable content ({type(exc).__name__}: {exc})") from None
-        return Entry(key=key, config=config, frames=frames, arrays=arrays, meta=meta)
+        return Entry(key=key, config=config, frames=frames, arrays=arrays, meta=meta,
+                     manifest=manifest)
 
     def get(self, key: str, verify: bool = True) -> Entry | None:
-        """The entry for ``key``; ``None`` if absent or damaged (damaged ones are quarantined)."""
+        """The entry for ``key``; ``None`` if absent, stale (an older store schema: left in
+        place, replaced by the next ``put``) or damaged (quarantined)."""
         _check_key(key)
         entry_dir = self.path / key
         try:
@@ -766,29 +696,31 @@ class Store:
             return None
         try:
             return self._load(key, entry_dir, verify)
+        except _StaleEntry:
+            return None
         except CorruptEntryError as exc:
             self._quarantine(key, st.st_ino, str(exc))
             return None
 
-    def _quarantine(self, key: str, inode: int | None, reason: str) -> Path | None:
-        """Move a damaged entry aside and warn; silent if it vanished (deleted concurrently)."""
+    def _retire_stale(self, key: str) -> bool:
+        """Move an older-schema entry at ``key`` to ``_stale/``; whether one was moved."""
         src = self.path / key
         try:
-            if inode is not None and os.stat(src).st_ino != inode:
-                return None  # replaced concurrently by a fresh entry: not ours to move
-        except FileNotFoundError:
-            return None  # deleted/quarantined concurrently
-        qroot = self.path / QUARANTINE
-        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(3)}"
-        dst = qroot / f"{key}-{stamp}"
-        try:
-            qroot.mkdir(exist_ok=True)
-            os.rename(src, dst)
-            _fsync_dir(self.path)
-        except FileNotFoundError:
+            inode = os.stat(src).st_ino
+            self._read_manifest(src)
+            return False
+        except _StaleEntry:
+            pass
+        except (OSError, StoreError):
+            return False
+        return self._move_aside(key, inode, STALE, "retiring stale entry") is not None
+
+    def _quarantine(self, key: str, inode: int | None, reason: str) -> Path | None:
+        """Move a damaged entry aside and warn; silent if it vanished (deleted concurrently)
+        or was replaced concurrently by a fresh entry (not ours to move)."""
+        dst = self._move_aside(key, inode, QUARANTINE, "quarantining damaged entry")
+        if dst is None:
             return None
-        except OSError as exc:
-            raise _os_error(exc, "quarantining damaged entry", src) from exc
         warnings.warn(
             f"flcore.store: entry {key!r} in {self.path} is damaged ({reason}); moved to {dst}. "
             "It will be treated as missing and recomputed.",
@@ -797,8 +729,32 @@ class Store:
         )
         return dst
 
+    def _move_aside(self, key: str, inode: int | None, folder: str, action: str) -> Path | None:
+        """Rename entry ``key`` into ``<store>/<folder>/<key>-<stamp>/``; None if it vanished
+        or was replaced concurrently (not ours to move)."""
+        src = self.path / key
+        try:
+            if inode is not None and os.stat(src).st_ino != inode:
+                return None
+        except FileNotFoundError:
+            return None
+        root = self.path / folder
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(3)}"
+        dst = root / f"{key}-{stamp}"
+        try:
+            root.mkdir(exist_ok=True)
+            os.rename(src, dst)
+            _fsync_dir(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error(exc, action, src) from exc
+        return dst
+
     def verify_all(self) -> dict[str, str]:
-        """Check every entry's checksums: ``{key: "ok" | reason}``; damaged ones are quarantined."""
+        """Check every entry's checksums: ``{key: "ok" | reason}``; damaged ones are
+        quarantined; stale ones (an older store schema) are reported as ``"stale: ..."`` and
+        left in place (never served)."""
         report: dict[str, str] = {}
         for key in self._entry_dirs():
             entry_dir = self.path / key
@@ -811,6 +767,10 @@ class Store:
                 if manifest.get("key") != key:
                     raise CorruptEntryError(f"manifest key {manifest.get('key')!r} does not match")
                 self._verify_files(entry_dir, manifest)
+            except _StaleEntry as exc:
+                report[key] = (f"stale: store schema {exc.args[0]}, older than {SCHEMA_VERSION};"
+                               " never served, recomputed when asked for")
+                continue
             except CorruptEntryError as exc:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", StoreWarning)
@@ -865,7 +825,7 @@ class Store:
                 _write_json(tmp / CONFIG_FILE, config_n)
                 _write_json(tmp / META_FILE, meta_n)
                 frame_specs = {
-                    name: _write_frame(tmp / f"{name}.csv", df, name)
+                    name: _write_frame(tmp / f"{name}{FRAME_SUFFIX}", df, name)
                     for name, df in frames.items()
                 }
                 array_specs = _write_arrays(tmp / ARRAYS_FILE, arrs)
@@ -877,6 +837,8 @@ class Store:
                 manifest = {
                     "schema": SCHEMA_VERSION,
                     "key": key,
+                    "flcore_version": __version__,
+                    "numerics_version": NUMERICS_VERSION,
                     "created": time.time(),
                     "files": files,
                     "frames": frame_specs,
@@ -902,7 +864,8 @@ class Store:
                 if self.get(key, verify=True) is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
                     return final
-                continue  # theirs was damaged and is now quarantined: retry
+                self._retire_stale(key)  # an older-schema entry goes to _stale/
+                continue  # theirs was damaged (now quarantined) or stale (moved): retry
             try:
                 _fsync_dir(self.path)
             except OSError as exc:  # pragma: no cover - the rename itself succeeded
@@ -927,19 +890,32 @@ class Store:
 
     # -- analysis ------------------------------------------------------------------------
 
-    def table(self, frame: str = "final") -> pd.DataFrame:
+    def table(self, frame: str = "final", *, include_stale: bool = False) -> pd.DataFrame:
         """Concatenate frame ``frame`` of every (verified) entry, with config/meta columns.
 
+        With the default ``frame="final"``: one row per run × repeat, the run's config
+        columns and its final metrics (``repeat``, ``accuracy``, ``source_recall``,
+        ``target_recall`` in %, ``diverged``).
+
         Extra columns: the flattened config (nested dicts joined with ``.``; lists become
-        tuples so they can be grouped on), ``key``, and meta ``status`` and ``version``
-        (``meta["version"]`` or ``meta["flcore_version"]``).  A column that would clash with
-        a frame column is prefixed ``config.``/``meta.`` instead.  Entries without the frame
-        are skipped.
+        tuples so they can be grouped on), ``key``, meta ``status`` and ``version``
+        (``meta["version"]`` or ``meta["flcore_version"]``) and the manifest's
+        ``numerics_version``.  A column that would clash with a frame column is prefixed
+        ``config.``/``meta.`` instead.  Entries without the frame are skipped.
+
+        Entries written by another flcore version or numerics version (their keys are never
+        asked for by this code) are left out unless ``include_stale=True``; entries of an
+        older store schema and damaged ones are never included.
         """
         parts = []
         for key in self.keys():
             entry = self.get(key, verify=True)
             if entry is None or frame not in entry.frames:
+                continue
+            nv = entry.manifest.get("numerics_version")
+            current = (entry.manifest.get("flcore_version") == __version__
+                       and nv == NUMERICS_VERSION)
+            if not (current or include_stale):
                 continue
             df = entry.frames[frame].copy()
             taken = set(map(str, df.columns))
@@ -954,6 +930,7 @@ class Store:
             add("key", key, "meta.")
             add("status", entry.meta.get("status"), "meta.")
             add("version", entry.meta.get("version", entry.meta.get("flcore_version")), "meta.")
+            add("numerics_version", nv, "meta.")
             parts.append(df)
         if not parts:
             return pd.DataFrame()

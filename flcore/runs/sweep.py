@@ -317,10 +317,13 @@ def _run_one(
 
 
 def _task_key(key: str | None, cfg: Config) -> str:
+    """The Dask task name: the store key, or (device not resolvable here, the worker decides)
+    the same hash of the unresolved config, with the same flcore and numerics versions."""
     if key is None:
+        from flcore.core.numerics import key_version
         from flcore.runs.store import config_key
 
-        key = config_key(cfg.key_dict(), __version__)
+        key = config_key(cfg.key_dict(), key_version(__version__))
     return f"flcore-run-{key}"
 
 
