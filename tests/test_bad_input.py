@@ -104,6 +104,7 @@ BAD_FIELDS = [
     ),
     ("defense_params", {"rule": "nearest"}, {"defense": "pca"}, "valid: smaller, far, direction"),
     ("attack", "labelflip", {}, "did you mean 'label_flip'"),
+    ("client_state", "persistant", {}, "did you mean 'persistent'"),
     ("attack_params", "x", {}, "must be a dict"),
     ("device", "tpu", {}, "valid: auto, cpu, cuda"),
     ("precision", "fp16", {}, "valid: auto, fp32, bf16, fp64"),

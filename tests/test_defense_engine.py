@@ -128,9 +128,10 @@ def test_blocking_restores_source_recall(real_runs):
 
 @pytest.mark.slow
 def test_clean_run_cost_of_the_defense_is_measured(real_runs):
-    """On an attack-free run the defense costs only what it excludes: the runs train alike
-    (up to float rounding of the two aggregation paths) until its first exclusion, and the
-    final accuracy stays within 3 pp of the clean run's."""
+    """On an attack-free run the defense costs only what it excludes: the first rounds train
+    alike (the two aggregation paths round differently in fp32, and SGD amplifies that within
+    a few rounds, so only rounds 1-3 before any exclusion are compared), and the final
+    accuracy stays within 3 pp of the clean run's."""
     clean, defended = real_runs["clean"], real_runs["clean_defended"]
     assert not defended.final()["diverged"].any()
     ex = defended.excluded
@@ -139,8 +140,8 @@ def test_clean_run_cost_of_the_defense_is_measured(real_runs):
         loss_c = clean.rounds[clean.rounds["repeat"] == j]["train_loss"].to_numpy()
         loss_d = defended.rounds[defended.rounds["repeat"] == j]["train_loss"].to_numpy()
         mine = ex[ex["repeat"] == j]
-        until = mine["round"].min() if len(mine) else REAL["rounds"]  # rounds 1..until alike
-        np.testing.assert_allclose(loss_d[:until], loss_c[:until], rtol=1e-3)
+        until = min(3, mine["round"].min() if len(mine) else 3)  # rounds 1..until alike
+        np.testing.assert_allclose(loss_d[:until], loss_c[:until], rtol=1e-4)
     cost = clean.final()["accuracy"].mean() - defended.final()["accuracy"].mean()
     assert abs(cost) < 3.0, cost
 
