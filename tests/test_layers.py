@@ -87,7 +87,9 @@ def test_no_lower_layer_imports_a_higher_one():
 
 
 def test_every_subpackage_has_a_layer():
-    parts = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    dirs = [p for p in PKG.iterdir() if p.is_dir() and p.name != "__pycache__"]
+    assert all((d / "__init__.py").exists() for d in dirs), "a folder without __init__.py is not installed"
+    parts = {p.name for p in dirs}
     parts |= {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"}
     assert parts <= set(RANK), f"not in LAYERS: {sorted(parts - set(RANK))}"
 
