@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 _HELP = {
     "dataset": lambda: "a registered dataset: " + " | ".join(DATASETS.names()),
-    "m": "malicious fraction in [0, 1] (0.1 = 10%%)",
+    "m": "malicious fraction in [0, 1] (0.1 = 10%)",
     "src": "source class (its recall is reported; label_flip flips it to tgt)",
     "tgt": "target class",
     "k": "participants selected per round",
@@ -77,8 +77,6 @@ def parse_value(name: str, text: str):
                 return conv(value)
             except ValueError:
                 pass
-    if isinstance(value, list) and "tuple" in hint:
-        value = tuple(value)
     return value
 
 
@@ -90,7 +88,7 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
         text = _HELP.get(f.name, f.name)
         text = text() if callable(text) else text
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, metavar="VALUE", default=None,
-                       help=f"{text} (default: {default!r})".replace("%", "%%").replace("%%%%", "%%"))  # fmt: skip
+                       help=f"{text} (default: {default!r})".replace("%", "%%"))  # argparse formats help with %
     g.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
                    help="any Config field, e.g. --set lr=0.01 (repeatable)")  # fmt: skip
 
@@ -132,7 +130,7 @@ def _read_config_file(path: str) -> dict:
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: holds a {type(d).__name__}; a config file is a mapping of "
                           f"Config fields, e.g. 'dataset: fmnist'")  # fmt: skip
-    return {k: tuple(v) if isinstance(v, list) and k == "eval_classes" else v for k, v in d.items()}
+    return d
 
 
 def cmd_run(argv: list[str]) -> int:

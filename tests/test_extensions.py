@@ -85,7 +85,6 @@ class Trigger(Attack):
 
     name = "test_trigger"
     Params = TriggerParams
-    uses_uniform = True
 
     def poison(self, labels, ctx: PoisonContext):
         chosen = ctx.malicious[:, None] & (ctx.uniform() < self.params.share)

@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 
 from flcore.core.errors import ConfigError
-from flcore.core.params import Params, validate_params
+from flcore.core.params import NoParams, Params, validate_params
 from flcore.core.registry import Registry
 
 
@@ -44,17 +44,11 @@ class PoisonContext:
     uniform: Callable[[], torch.Tensor] = field(repr=False, default=None)  # -> float64 [G, n]
 
 
-@dataclass(frozen=True)
-class NoParams(Params):
-    """An attack without options."""
-
-
 class Attack:
     """Base class of an attack. Subclass, set `name` (and `Params`), override `poison`."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = NoParams
-    uses_uniform: ClassVar[bool] = False  # set True if `poison` calls ctx.uniform()
 
     def __init__(self, params: Params, *, src: int, tgt: int, num_classes: int) -> None:
         self.params, self.src, self.tgt, self.num_classes = params, src, tgt, num_classes

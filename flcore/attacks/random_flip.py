@@ -26,7 +26,6 @@ class RandomFlip(Attack):
 
     name = "random_flip"
     Params = RandomFlipParams
-    uses_uniform = True
 
     def attacked_classes(self) -> tuple[int, ...]:
         return tuple(range(self.num_classes))

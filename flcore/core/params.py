@@ -29,6 +29,11 @@ class Params:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+@dataclasses.dataclass(frozen=True)
+class NoParams(Params):
+    """The parameter set of an extension without options."""
+
+
 def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 

@@ -65,8 +65,9 @@ DATASETS.register(DatasetSpec(
 ))  # fmt: skip
 
 
-def get(name: str) -> DatasetSpec:
-    return DATASETS.get(name)
+def label(name: str) -> str:
+    """The short name of a dataset in tables and plots ("F-MNIST"); unknown names as given."""
+    return DATASETS.get(name).label if name in DATASETS else str(name)
 
 
 def load(name: str, root=None, *, progress: bool = True, download: bool = True) -> loading.Dataset:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from flcore.core.errors import ConfigError
-from flcore.core.params import Params, check_range, validate_params
+from flcore.core.params import NoParams, Params, check_range, validate_params
 from flcore.core.registry import Registry
 
 __all__ = [
@@ -300,11 +300,6 @@ def foolsgold_weights(
 # ---------------------------------------------------------------------------------------
 # The aggregator extension point
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NoParams(Params):
-    """A rule without options."""
 
 
 @dataclass(frozen=True)

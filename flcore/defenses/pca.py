@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flcore.core.errors import ConfigError
+from flcore.core.errors import ConfigError, suggest
 from flcore.core.params import Params, check_range
 from flcore.defenses.base import DEFENSES, Defense, Federation, RoundUpdates
 
@@ -45,8 +45,6 @@ class PCAParams(Params):
                             ("clusterer", CLUSTERERS), ("rule", RULES)):  # fmt: skip
             v = getattr(self, name)
             if v not in valid:
-                from flcore.core.errors import suggest
-
                 raise ConfigError(f"defense_params: {name}={v!r} is unknown{suggest(v, valid)} "
                                   f"(valid: {', '.join(valid)})")  # fmt: skip
         check_range("defense_params", "start_round", self.start_round, 1, fix="rounds are numbered from 1")

@@ -16,7 +16,7 @@ import torch
 
 from flcore import __version__
 from flcore.config import Config
-from flcore.data import DATASETS, Dataset
+from flcore.data import Dataset, specs
 from flcore.sim.device import cpu_name, resolve_device, resolve_precision
 from flcore.sim.engine import frames as make_frames
 from flcore.sim.engine import simulate
@@ -27,7 +27,7 @@ from flcore.sim.result import Result
 def load_data(cfg: Config, data: Dataset | None = None, data_root=None) -> Dataset:
     """`cfg`'s dataset (its spec's loader, or `data` if given), subset to n_train / n_test."""
     if data is None:
-        data = DATASETS.get(cfg.dataset).load(root=data_root, progress=False)
+        data = specs.load(cfg.dataset, data_root, progress=False)
     if cfg.n_train is not None or cfg.n_test is not None:
         data = data.subset(cfg.n_train, cfg.n_test, seed=cfg.seed)
     return data
@@ -61,7 +61,7 @@ def _warm_starts(cfgs: list[Config], store, data: Dataset | None, data_root, pro
     """(data, initial global model per config) for configs of one dataset: one load (or
     training) per distinct warm-up; the full dataset is loaded once and shared with the runs."""
     if data is None and any(c.warm_start for c in cfgs):
-        data = DATASETS.get(cfgs[0].dataset).load(root=data_root, progress=False)
+        data = specs.load(cfgs[0].dataset, data_root, progress=False)
     keys = [store_key(pretrain_config(c)) if c.warm_start else "" for c in cfgs]
     warm: dict[str, dict | None] = {}
     for c, key in zip(cfgs, keys):

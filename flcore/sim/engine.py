@@ -283,8 +283,8 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     aggregate = Aggregation(cfg, feds, fkeys)
     attack = cfg.build_attack()
     augment = cfg.spec.augment
-    lr_tables = [learning_rates(c, pl.selected[j]) for c, pl, j in feds]  # [rounds, k] each
     persistent = cfg.client_state == "persistent"
+    lr_tables = [learning_rates(c, pl.selected[j]) for c, pl, j in feds] if persistent else None
     fed_of = torch.arange(R, device=device).repeat_interleave(k)  # [G]: the model's federation
     momentum = None  # persistent: [R, N, ...] buffers per parameter, by participant
     e = 0

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from flcore.config import NUM_CLASSES, Config
+from flcore.data import specs
 from flcore.data.specs import DATASETS
 from flcore.runs.runner import run_many
 from flcore.sim.metrics import final_metrics, mean_std, source_recall_loss, targeting_deltas
@@ -37,9 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PAIRS = {name: sorted(DATASETS.get(name).pairs) for name in DATASETS}
 
 
-def dataset_label(dataset: str) -> str:
-    """The short name of a dataset in tables and plots ("F-MNIST")."""
-    return DATASETS.get(dataset).label if dataset in DATASETS else str(dataset)
+dataset_label = specs.label  # the short name of a dataset in tables and plots ("F-MNIST")
 
 
 # m = 0 trains the same whatever the pair; this one names the baseline in the store.

@@ -12,11 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from flcore.data.specs import DATASETS
-
-
-def _label(dataset: str) -> str:
-    return DATASETS.get(dataset).label if dataset in DATASETS else str(dataset)
+from flcore.data.specs import label as _label
 
 sns.set_theme(style="whitegrid", context="notebook")
 
