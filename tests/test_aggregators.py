@@ -150,7 +150,7 @@ def test_foolsgold_all_identical_leaves_the_model_unchanged():
 
 def test_registry_and_unknown_name_suggests_closest():
     assert set(agg.AGGREGATORS) == {"fedavg", "median", "trimmed_mean", "krum", "multi_krum", "foolsgold",
-                                    "geometric_median", "bulyan", "centered_clipping"}
+                                    "geometric_median", "bulyan", "centered_clipping", "flame", "fltrust"}
     assert agg.AGGREGATORS.get("foolsgold").stateful
     with pytest.raises(ConfigError, match=r"did you mean 'trimmed_mean'") as info:
         agg.AGGREGATORS.get("trimmed-mean")

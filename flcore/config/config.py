@@ -185,9 +185,11 @@ class Config:
         return self.spec.num_classes
 
     def _context(self) -> dict:
-        """What a Params check may depend on."""
+        """What a Params check may depend on (n_train: the training images a run uses)."""
+        n_train = self.n_train if self.n_train is not None else self.spec.train_size
         return dict(dataset=self.dataset, k=self.k, num_participants=self.num_participants,
-                    num_classes=self.num_classes, src=self.src, tgt=self.tgt, rounds=self.rounds)  # fmt: skip
+                    num_classes=self.num_classes, src=self.src, tgt=self.tgt, rounds=self.rounds,
+                    n_train=n_train, batch_size=self.batch_size, client_state=self.client_state)  # fmt: skip
 
     def resolved_params(self) -> dict:
         """attack_params, aggregator_params and defense_params with every default filled in."""

@@ -32,6 +32,7 @@ from flcore.core.registry import Registry
 __all__ = [
     "AGGREGATORS",
     "Aggregator",
+    "RoundInfo",
     "build",
     "coordinate_median",
     "fedavg",
@@ -347,6 +348,19 @@ class FoolsGoldParams(Params):
                     fix="the logit confidence must be > 0 (default 1.0)")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class RoundInfo:
+    """The round a rule aggregates, for rules that set `uses_round = True` (passed as `info=`)."""
+
+    seed: int  # the federation's Config.seed ...
+    repeat: int  # ... and repeat: with `global_round`, the key of the rule's random stream
+    rnd: int  # this run's round, 1-based
+    global_round: int  # the federation's round: warm_start + rnd
+    # the server's own update [P] this round, trained on its root set (only for a rule whose
+    # `root_size()` is > 0, e.g. FLTrust): flattened like the rows
+    server_update: Tensor | None = None
+
+
 class Aggregator:
     """An aggregation rule: rows [n, P] of the kept participants' flattened updates -> [P].
 
@@ -355,11 +369,18 @@ class Aggregator:
     state, the participants' ids and their output-layer rows every round. `None` from
     `__call__` leaves the global model unchanged this round. `weights` (a defense's, [n])
     weight the rows where the rule can use them.
+
+    A rule that needs to know the round (e.g. to key its own random stream, as FLAME's noise)
+    sets `uses_round = True` and gets `info=` (`RoundInfo`) every round. A rule whose
+    `root_size()` is > 0 (FLTrust) makes the server hold that many class-balanced training
+    images out of every participant's share; every round the engines train the server's own
+    update on them with the participants' settings and hand it over as `info.server_update`.
     """
 
     name: str = ""
     Params: type[Params] = NoParams
     stateful: bool = False
+    uses_round: bool = False
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -370,6 +391,10 @@ class Aggregator:
 
     def init(self, num_participants: int, out_dim: int, like: Tensor):
         return None
+
+    def root_size(self) -> int:
+        """Training images the server keeps out of every share and trains on (0: none)."""
+        return 0
 
     def __call__(self, rows: Tensor, *, weights=None, state=None, ids=None, out_rows=None):
         raise NotImplementedError

@@ -5,7 +5,9 @@ an aggregation rule (`Aggregator`); it knows neither by name. It is called with 
 global state `[R', ...]` and the k returned models of each of R' federations `[R', k, ...]`
 and returns the new global state. Plain FedAvg without a defense is a mean over the model
 dimension; other rules act on the flattened updates `[k, P]` of all floating-point state.
-A round whose participants are all excluded leaves the global model unchanged.
+A round whose participants are all excluded leaves the global model unchanged. A rule with a
+root set (`root_size() > 0`, FLTrust) also gets the server's update, from the server models
+`[R', ...]` the engine trained on the root sets (`server`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 import torch
 
 from flcore.config import Config
+from flcore.defenses.aggregators import RoundInfo
 from flcore.defenses.base import Federation, RoundUpdates
 from flcore.sim.models import last_linear_weight_name
 from flcore.sim.plan import Plan
@@ -28,6 +31,7 @@ class Aggregation:
         self.rule = cfg.build_aggregator()
         self.defense = cfg.build_defense()
         self.plain = cfg.aggregator == "fedavg" and self.defense is None
+        self.root_size = self.rule.root_size()  # > 0: the engine trains a server model too
         self.w_name = last_linear_weight_name(cfg.dataset)
         self.excluded: list[tuple[int, int, int, bool]] = []
         self.rule_state: list | None = None  # a stateful rule's state per federation
@@ -49,9 +53,13 @@ class Aggregation:
         )  # one order whatever the engine's loop order: by repeat, round, participant
         return df.sort_values(["repeat", "round", "participant"], kind="stable").reset_index(drop=True)
 
-    def __call__(self, rnd: int, glob: dict, local: dict, repeats: list[int]) -> dict:
+    def __call__(self, rnd: int, glob: dict, local: dict, repeats: list[int], server: dict | None = None) -> dict:
         """glob: name -> [R', ...]; local: name -> [R', k, ...] for the federations `repeats`
-        (indices into `feds`)."""
+        (indices into `feds`); server: name -> [R', ...], the server models trained on the
+        root sets this round (only with `root_size > 0`)."""
+        if self.root_size and server is None:
+            raise ValueError(f"aggregator {self.cfg.aggregator!r} needs the server's update on its root "
+                             "set: the engine must train the server models and pass server=")  # fmt: skip
         if self.plain:
             return {kk: (v.mean(1) if kk in self.fkeys else v[:, 0]) for kk, v in local.items()}
         k = self.cfg.k
@@ -59,12 +67,14 @@ class Aggregation:
         flat_g = torch.cat([glob[kk].reshape(len(repeats), -1) for kk in self.fkeys], 1)
         flat_l = torch.cat([local[kk].reshape(len(repeats), k, -1) for kk in self.fkeys], 2)
         upd = flat_l - flat_g.unsqueeze(1)
+        if server is not None:
+            upd_s = torch.cat([server[kk].reshape(len(repeats), -1) for kk in self.fkeys], 1) - flat_g
         new_flat = flat_g.clone()
         if self.rule.stateful and self.rule_state is None:
             out_dim = out_delta[0, 0].numel()
             self.rule_state = [self.rule.init(c.num_participants, out_dim, upd) for c, _, _ in self.feds]
         for i, j in enumerate(repeats):
-            _, pl, jj = self.feds[j]
+            c, pl, jj = self.feds[j]
             ids = pl.selected[jj, rnd - 1]
             weights = np.ones(k)
             if self.defense is not None:
@@ -77,7 +87,11 @@ class Aggregation:
                 continue
             keep_t = torch.as_tensor(keep, device=upd.device)
             w = None if (weights[keep] == 1).all() else torch.as_tensor(weights[keep])
-            agg = self.rule(upd[i][keep_t], weights=w,
+            info = {}
+            if self.rule.uses_round:
+                info["info"] = RoundInfo(c.seed, jj, rnd, c.warm_start + rnd,
+                                         None if server is None else upd_s[i])  # fmt: skip
+            agg = self.rule(upd[i][keep_t], weights=w, **info,
                             state=None if self.rule_state is None else self.rule_state[j], ids=ids[keep],
                             out_rows=out_delta[i][keep_t].reshape(int(keep.sum()), -1))  # fmt: skip
             if agg is not None:

@@ -16,6 +16,14 @@ Each engine calls every extension hook in exactly one place: the attack's `poiso
 of a local schedule) and `stamp` (images, for a trigger), and `Aggregation` (the defense's
 `filter`, then the aggregation rule). Every random draw comes from the plan's streams.
 
+A rule with a root set (FLTrust, `Aggregator.root_size() > 0`) needs the server's own update:
+each round the engines also train one server model per federation from the global model on
+its root set (`Plan.roots`), with the participants' settings (stateless: a fresh momentum
+buffer, the round's learning rate) and its own schedule (`server_schedule`), and hand it to
+`Aggregation`. The reference engine trains it after the participants; the fast engine stacks
+the R server models after the R*k participants' in the same step. Without such a rule nothing
+of this runs.
+
 Local training (documented choices, docs/SETTING.md):
 - participants are stateless: a fresh SGD momentum buffer every round, and the learning rate
   follows the global round (`Config.lr_at`); with `client_state="persistent"` (the authors'
@@ -48,7 +56,14 @@ from flcore.sim.models import (
     stack_states,
     stacked_forward,
 )
-from flcore.sim.plan import AttackDraws, Plan, learning_rates, local_schedule, pad_like_schedule
+from flcore.sim.plan import (
+    AttackDraws,
+    Plan,
+    learning_rates,
+    local_schedule,
+    pad_like_schedule,
+    server_schedule,
+)
 
 
 def simulate(cfg: Config, plan: Plan, progress=None, feds=None) -> dict:
@@ -140,7 +155,6 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     model = build_model(cfg.dataset).to(device, dtype)
     aggregate = Aggregation(cfg, [(cfg, plan, j) for j in range(R)], float_keys(plan.init[0]))
     attack = cfg.build_attack()
-    augment = cfg.spec.augment
     src1, tgt1 = torch.tensor([cfg.src], device=device), torch.tensor([cfg.tgt], device=device)
     finals = []
     persistent = cfg.client_state == "persistent"
@@ -164,24 +178,8 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 labels, stamp = attack.poison(y_train[order][None], PoisonContext(
                     mal, src1, tgt1, cfg.num_classes, draws))  # fmt: skip
                 labels, stamp = labels[0], None if stamp is None else stamp[0]
-                total = 0.0
-                for b in range(0, len(order), cfg.batch_size):
-                    sl = slice(b, b + cfg.batch_size)
-                    if stamp is not None and stamp[sl].any():  # a trigger: on [0, 1] pixels
-                        x = x_train[order[sl]].to(dtype) / 255.0
-                        x[stamp[sl]] = attack.stamp(x[stamp[sl]])
-                    else:
-                        x = x_train[order[sl]]
-                    x = normalize(x, data.mean, data.std, dtype)
-                    if augment:
-                        x = augment_crop_flip(x, flips[sl], offsets[sl])
-                    with autocast(device, precision):
-                        out = model(x)
-                    loss = F.cross_entropy(out.to(dtype), labels[sl])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += loss.item()
+                total = _train_reference(cfg, model, opt, x_train, order, labels, stamp, flips, offsets,
+                                         attack, data, dtype, device, precision)  # fmt: skip
                 losses[j, r - 1] += total / (len(order) // cfg.batch_size) / k
                 if persistent:
                     momentum[int(p)] = [opt.state[q]["momentum_buffer"].clone() for q in model.parameters()]
@@ -190,8 +188,17 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                     delta = returned[-1][w_name] - global_state[w_name]
                     one = _update_rows(cfg, delta[None, None], torch.tensor([cfg.src], device=delta.device))
                     updates[j, r - 1, s] = one[0, 0].cpu().numpy()
+            server = None
+            if aggregate.root_size:  # the server's own update on its root set (FLTrust)
+                model.load_state_dict(global_state)
+                model.train()
+                opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_at(r), momentum=cfg.momentum)
+                order, flips, offsets = server_schedule(cfg, plan.roots[j], j, r)
+                _train_reference(cfg, model, opt, x_train, order, y_train[order], None, flips, offsets,
+                                 attack, data, dtype, device, precision)  # fmt: skip
+                server = {kk: v.detach().clone().unsqueeze(0) for kk, v in model.state_dict().items()}
             local = {kk: torch.stack([st[kk] for st in returned]).unsqueeze(0) for kk in returned[0]}
-            one = aggregate(r, {kk: v.unsqueeze(0) for kk, v in global_state.items()}, local, [j])
+            one = aggregate(r, {kk: v.unsqueeze(0) for kk, v in global_state.items()}, local, [j], server)
             global_state = {kk: v[0] for kk, v in one.items()}
             if diverged_at[j] > T and not all(torch.isfinite(global_state[kk]).all() for kk in float_keys(global_state)):
                 diverged_at[j] = r
@@ -211,6 +218,31 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
                 diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
                 model=_kept_model(cfg, stack_states(finals)))  # fmt: skip
+
+
+def _train_reference(cfg: Config, model, opt, x_train, order, labels, stamp, flips, offsets, attack, data,
+                     dtype, device, precision) -> float:  # fmt: skip
+    """One model's local epochs in the reference engine: SGD steps over the batches of its
+    schedule `order` with `labels` (stamped images where `stamp` is set); the summed loss."""
+    total = 0.0
+    for b in range(0, len(order), cfg.batch_size):
+        sl = slice(b, b + cfg.batch_size)
+        if stamp is not None and stamp[sl].any():  # a trigger: on [0, 1] pixels
+            x = x_train[order[sl]].to(dtype) / 255.0
+            x[stamp[sl]] = attack.stamp(x[stamp[sl]])
+        else:
+            x = x_train[order[sl]]
+        x = normalize(x, data.mean, data.std, dtype)
+        if cfg.spec.augment:
+            x = augment_crop_flip(x, flips[sl], offsets[sl])
+        with autocast(device, precision):
+            out = model(x)
+        loss = F.cross_entropy(out.to(dtype), labels[sl])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item()
+    return total
 
 
 def _kept_model(cfg: Config, glob: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
@@ -259,12 +291,15 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     spec = architecture(cfg.dataset)
     R, T, k, B = len(feds), cfg.rounds, cfg.k, cfg.batch_size
     G = R * k
+    aggregate = Aggregation(cfg, feds, float_keys(plan.init[0]))
+    server = aggregate.root_size > 0  # FLTrust: R server models stacked after the G participants
+    M = G + R if server else G  # models trained at once
     C, H, W = data.x_train.shape[1:]
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     dtype = dtype_of(precision)
-    mean = torch.tensor(data.mean, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
-    std = torch.tensor(data.std, dtype=dtype, device=device).repeat(G).view(1, G * C, 1, 1)
+    mean = torch.tensor(data.mean, dtype=dtype, device=device).repeat(M).view(1, M * C, 1, 1)
+    std = torch.tensor(data.std, dtype=dtype, device=device).repeat(M).view(1, M * C, 1, 1)
     mean_e, std_e = mean[:, : R * C], std[:, : R * C]
     eval_rounds = np.asarray(cfg.eval_rounds())
     test_set = _test_sets(cfg, x_test, y_test)
@@ -280,16 +315,17 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     tgt_t = torch.tensor([c.tgt for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
     cl = torch.channels_last
     chunk = _eval_chunk(R, spec[0].args[1], H * W)
-    aggregate = Aggregation(cfg, feds, fkeys)
     attack = cfg.build_attack()
     augment = cfg.spec.augment
     persistent = cfg.client_state == "persistent"
+    if persistent and server:  # Config rejects it (flcore.defenses.fltrust)
+        raise ValueError("a root-set rule's server trains statelessly: use client_state='stateless'")
     lr_tables = [learning_rates(c, pl.selected[j]) for c, pl, j in feds] if persistent else None
     fed_of = torch.arange(R, device=device).repeat_interleave(k)  # [G]: the model's federation
     momentum = None  # persistent: [R, N, ...] buffers per parameter, by participant
     e = 0
     for r in range(1, T + 1):
-        # --- this round's data for each of the G = R*k models -----------------------------
+        # --- this round's data for each of the G = R*k models (then the R servers') --------
         orders, flips, offsets, mal_rows, models = [], [], [], [], []
         for c, pl, j in feds:
             for p in pl.selected[j, r - 1]:
@@ -300,6 +336,12 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                 mal_rows.append(bool(pl.is_malicious[j, p]))
                 models.append((c, j, int(p)))
         lengths = [len(o) for o in orders]
+        if server:  # each federation's server on its root set, after the participants
+            for c, pl, j in feds:
+                o, f, off = server_schedule(c, pl.roots[j], j, r)
+                orders.append(o)
+                flips.append(f)
+                offsets.append(off)
         # Unequal shares (non-iid partitions): pad every schedule to the longest and mask the
         # models that have finished their epoch (no gradient, momentum, or BN-statistics step).
         n_steps = torch.tensor([len(o) // B for o in orders], device=device)
@@ -307,10 +349,14 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         if ragged:
             n_max = max(len(o) for o in orders)
             orders, flips, offsets = ([pad_like_schedule(t, n_max) for t in ts] for ts in (orders, flips, offsets))
-        order = torch.stack(orders).to(device)  # [G, n]
-        labels, stamp = attack.poison(y_train[order], PoisonContext(
+        order = torch.stack(orders).to(device)  # [M, n]
+        labels, stamp = attack.poison(y_train[order[:G]], PoisonContext(
             torch.tensor(mal_rows, device=device), src_t[:, 0], tgt_t[:, 0], cfg.num_classes,
             AttackDraws(models, r, lengths, order.shape[1], device)))  # fmt: skip
+        if server:  # the server's labels are clean
+            labels = torch.cat([labels, y_train[order[G:]]])
+            if stamp is not None:
+                stamp = torch.cat([stamp, torch.zeros_like(stamp[:R])])
         flips_t = torch.stack(flips).to(device)
         offsets_t = torch.stack(offsets).to(device)
         steps = order.shape[1] // B
@@ -318,6 +364,8 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
 
         # --- local training: every model one step at a time --------------------------------
         state = {kk: v.repeat_interleave(k, 0) for kk, v in glob.items()}  # [G, ...]
+        if server:
+            state = {kk: torch.cat([v, glob[kk]]) for kk, v in state.items()}  # [M, ...]
         params = [state[kk].requires_grad_() for kk in param_keys]
         mom = cfg.momentum
         if persistent:
@@ -331,30 +379,30 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         else:
             bufs = [torch.zeros_like(p) for p in params]
             lr = cfg.lr_at(r)
-        loss_sum = torch.zeros(G, dtype=dtype, device=device)
+        loss_sum = torch.zeros(M, dtype=dtype, device=device)
         for s in range(steps):
-            idx = order[:, s * B : (s + 1) * B].t()  # [B, G]
-            x = x_train[idx]  # [B, G, C, H, W]
+            idx = order[:, s * B : (s + 1) * B].t()  # [B, M]
+            x = x_train[idx]  # [B, M, C, H, W]
             if stamp is not None and stamp[:, s * B : (s + 1) * B].any():  # a trigger: on [0, 1] pixels
                 x = x.to(dtype) / 255.0
-                rows = stamp[:, s * B : (s + 1) * B].t()  # [B, G]
+                rows = stamp[:, s * B : (s + 1) * B].t()  # [B, M]
                 x[rows] = attack.stamp(x[rows])
-                x = (x.reshape(B, G * C, H, W) - mean) / std
+                x = (x.reshape(B, M * C, H, W) - mean) / std
             else:
-                x = (x.reshape(B, G * C, H, W).to(dtype) / 255.0 - mean) / std
+                x = (x.reshape(B, M * C, H, W).to(dtype) / 255.0 - mean) / std
             if augment:
                 fl = flips_t[:, s * B : (s + 1) * B].t().reshape(-1)
                 of = offsets_t[:, s * B : (s + 1) * B].transpose(0, 1).reshape(-1, 2)
-                x = augment_crop_flip(x.reshape(B * G, C, H, W), fl, of).reshape(B, G * C, H, W)
+                x = augment_crop_flip(x.reshape(B * M, C, H, W), fl, of).reshape(B, M * C, H, W)
             x = x.contiguous(memory_format=cl)
             if ragged:
-                active = n_steps > s  # [G]
+                active = n_steps > s  # [M]
                 saved = {kk: state[kk].clone() for kk in stat_keys}
             with autocast(device, precision):
-                out = stacked_forward(spec, state, x, G, training=True)  # [G, B, 10]
+                out = stacked_forward(spec, state, x, M, training=True)  # [M, B, 10]
             y = labels[:, s * B : (s + 1) * B]
-            per = F.cross_entropy(out.to(dtype).reshape(G * B, -1), y.reshape(-1), reduction="none")
-            per_model = per.view(G, B).mean(1)
+            per = F.cross_entropy(out.to(dtype).reshape(M * B, -1), y.reshape(-1), reduction="none")
+            per_model = per.view(M, B).mean(1)
             if ragged:
                 per_model = per_model * active
             grads = torch.autograd.grad(per_model.sum(), params)
@@ -383,15 +431,15 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         if persistent:  # each participant's optimizer state, kept for its next selection
             for m, b in zip(momentum, bufs):
                 m[fed_of, pid] = b
-        losses[:, r - 1] = (loss_sum / n_steps.clamp(min=1)).view(R, k).mean(1).cpu().numpy()
+        losses[:, r - 1] = (loss_sum[:G] / n_steps[:G].clamp(min=1)).view(R, k).mean(1).cpu().numpy()
 
         # --- aggregation --------------------------------------------------------------------
         with torch.no_grad():
             if updates is not None:
-                delta = state[w_name].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
+                delta = state[w_name][:G].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
                 updates[:, r - 1] = _update_rows(cfg, delta, src_t[::k, 0]).cpu().numpy()
-            local = {kk: v.view(R, k, *v.shape[1:]) for kk, v in state.items()}
-            glob = aggregate(r, glob, local, list(range(R)))
+            local = {kk: v[:G].view(R, k, *v.shape[1:]) for kk, v in state.items()}
+            glob = aggregate(r, glob, local, list(range(R)), {kk: v[G:] for kk, v in state.items()} if server else None)
             finite = torch.stack([torch.isfinite(glob[kk]).view(R, -1).all(1) for kk in fkeys]).all(0)
             for j in np.flatnonzero(~finite.cpu().numpy()):
                 diverged_at[j] = min(diverged_at[j], r)

@@ -1,8 +1,10 @@
 """A run's plan: everything random about it, drawn up front and identical for both engines.
 
 `make_plan(cfg, data, init_from)` draws each repeat's shares, malicious set, selections and
-initial model; `local_schedule` draws one participant's sample order and augmentation in one
-round; `AttackDraws` draws the attack's own numbers for them. Every draw comes from a stream
+initial model (and the server's root set, for a rule that has one, e.g. FLTrust);
+`local_schedule` draws one participant's sample order and augmentation in one round
+(`server_schedule`: the server's on its root set); `AttackDraws` draws the attack's own
+numbers for them. Every draw comes from a stream
 keyed by (seed, repeat, purpose, ...) (flcore.core.streams), never from global state.
 """
 
@@ -19,6 +21,9 @@ from flcore.core.streams import (
     STREAM_INIT,
     STREAM_LOCAL,
     STREAM_PARTITION,
+    STREAM_ROOT,
+    STREAM_SERVER,
+    rng_for,
     torch_generator,
     torch_seed_for,
 )
@@ -37,16 +42,29 @@ class Plan:
     is_malicious: np.ndarray  # bool [repeats, N]
     selected: np.ndarray  # [repeats, rounds, k]
     init: list[dict[str, torch.Tensor]]  # per repeat initial global state
+    # per repeat the server's root set (int64 indices into x_train, kept out of every share),
+    # for an aggregation rule with `root_size() > 0` (FLTrust); None otherwise
+    roots: list[torch.Tensor] | None = None
 
 
 def make_plan(cfg: Config, data: Dataset, init_from: dict[str, torch.Tensor] | None = None) -> Plan:
     """init_from: every repeat's initial global model (a warm start), else its own initialisation."""
-    shares, mal, sel, init = [], [], [], []
+    shares, mal, sel, init, roots = [], [], [], [], []
     is_mal = np.zeros((cfg.repeats, cfg.num_participants), dtype=bool)
     n = len(data.y_train)
+    root_size = cfg.build_aggregator().root_size()
     for j in range(cfg.repeats):
         gen = torch_generator(cfg.seed, j, STREAM_PARTITION)
-        if cfg.partition == "iid":
+        if root_size:  # the participants share what the server's root set leaves
+            root = root_set(data.y_train, root_size, cfg.num_classes, cfg.seed, j)
+            roots.append(root)
+            rest = torch.from_numpy(np.setdiff1d(np.arange(n), root.numpy()))
+            if cfg.partition == "iid":
+                parts = [rest[p] for p in partition_iid(len(rest), cfg.num_participants, gen)]
+            else:
+                parts = [rest[p] for p in partition_dirichlet(
+                    data.y_train[rest], cfg.num_participants, cfg.beta, gen, min_size=cfg.batch_size)]  # fmt: skip
+        elif cfg.partition == "iid":
             parts = list(partition_iid(n, cfg.num_participants, gen))
         else:
             parts = partition_dirichlet(data.y_train, cfg.num_participants, cfg.beta, gen,
@@ -59,7 +77,24 @@ def make_plan(cfg: Config, data: Dataset, init_from: dict[str, torch.Tensor] | N
         init.append(init_state(cfg.dataset, torch_seed_for(cfg.seed, j, STREAM_INIT))
                     if init_from is None else init_from)  # fmt: skip
     return Plan(data, shares, np.stack(mal) if mal else np.zeros((0, 0), np.int64), is_mal,
-                np.stack(sel), init)  # fmt: skip
+                np.stack(sel), init, roots if root_size else None)  # fmt: skip
+
+
+def root_set(labels: torch.Tensor, size: int, num_classes: int, seed: int, repeat: int) -> torch.Tensor:
+    """The server's root set of one repeat: `size` class-balanced training images (size //
+    num_classes of each class, one more of each of the first size % num_classes classes),
+    drawn from the stream (seed, repeat, STREAM_ROOT); sorted int64 indices into `labels`."""
+    rng = rng_for(seed, repeat, STREAM_ROOT)
+    y = labels.cpu().numpy()
+    picked = []
+    for c in range(num_classes):
+        want = size // num_classes + (1 if c < size % num_classes else 0)
+        have = np.flatnonzero(y == c)
+        if want > len(have):
+            raise ValueError(f"root set of {size} images: class {c} has only {len(have)} training "
+                             f"images, {want} are needed; lower root_size or raise n_train")  # fmt: skip
+        picked.append(rng.choice(have, size=want, replace=False))
+    return torch.from_numpy(np.sort(np.concatenate(picked)).astype(np.int64))
 
 
 def local_schedule(cfg: Config, share: torch.Tensor, repeat: int, rnd: int, participant: int):
@@ -69,6 +104,16 @@ def local_schedule(cfg: Config, share: torch.Tensor, repeat: int, rnd: int, part
     steps = local_epochs * floor(n_i / B).
     """
     g = torch_generator(cfg.seed, repeat, STREAM_LOCAL, cfg.warm_start + rnd, participant)
+    return _schedule(cfg, share, g)
+
+
+def server_schedule(cfg: Config, root: torch.Tensor, repeat: int, rnd: int):
+    """The server's local epochs on its root set in round `rnd` (FLTrust), drawn as a
+    participant's (`local_schedule`) from the stream (seed, repeat, STREAM_SERVER, global round)."""
+    return _schedule(cfg, root, torch_generator(cfg.seed, repeat, STREAM_SERVER, cfg.warm_start + rnd))
+
+
+def _schedule(cfg: Config, share: torch.Tensor, g: torch.Generator):
     B = cfg.batch_size
     per_epoch = (len(share) // B) * B
     order = torch.cat([share[torch.randperm(len(share), generator=g)[:per_epoch]]
