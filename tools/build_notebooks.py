@@ -60,11 +60,12 @@ baseline_repeats = 2  # repeats of the clean model M_NP, shared with notebooks 0
 pairs = [["fmnist", 4, 6]]  # [dataset, c_src, c_tgt]
 m_values = [0.0, 0.1, 0.5]  # malicious fractions, 0 is the shared clean baseline
 fig1_pairs = [["cifar10", 5, 3], ["fmnist", 4, 6]]  # panels of Fig 1 (those that were run)
+curves = False  # True: poisoned runs also evaluate source and target every round (Table 2 over the last rounds too)
 '''),
     ("code", SETUP),
     ("md", "## Run\nOne federation per (pair, m), all repeats batched; m = 0 is the shared clean baseline."),
     ("code", "final = ex.feasibility(pairs, m_values, rounds=rounds, repeats=repeats,\n"
-             "                       baseline_repeats=baseline_repeats, **common)\nfinal.head()"),
+             "                       baseline_repeats=baseline_repeats, curves=curves, **common)\nfinal.head()"),
     ("md", "## Table 2: loss in source recall (pp) and the clean model's m_cnt\n"
            "Loss = clean minus poisoned source recall, paired by repeat (same data split, start and selection)."),
     ("code", "t2 = ex.table2(final)\nex.save_table(t2, \"table2_source_recall_loss\", out)\nt2"),
@@ -93,12 +94,13 @@ repeats = 2  # one number or a dict per dataset, e.g. {"fmnist": 4, "cifar10": 2
 baseline_repeats = 2  # one number or a dict per dataset, e.g. {"fmnist": 4, "cifar10": 2}
 pairs = [["fmnist", 4, 6]]
 m = 0.1  # the paper's m for Table 3
+curves = False  # must match 01 to reuse its runs
 '''),
     ("code", SETUP),
     ("md", "## Run\nThe same configurations as notebook 01 at this m (loaded from the result store "
      "when 01 ran them); `repeats` can differ per dataset, and then the runs are new."),
     ("code", "final = ex.feasibility(pairs, [0.0, m], rounds=rounds, repeats=repeats,\n"
-             "                       baseline_repeats=baseline_repeats, **common)"),
+             "                       baseline_repeats=baseline_repeats, curves=curves, **common)"),
     ("md", "## Table 3: change due to poisoning (pp)"),
     ("code", "t3 = ex.table3(final, m)\nex.save_table(t3, \"table3_targeting\", out)\n"
              "t3.pivot_table(index=[\"dataset\", \"src\", \"tgt\"], columns=\"setting\", values=\"mean\")"),

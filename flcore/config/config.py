@@ -32,6 +32,14 @@ NUM_CLASSES = 10  # both built-in datasets; a Config's own count is `Config.num_
 
 __all__ = ["Config", "ConfigError", "suggest"]
 
+# Fields added after the first stored runs, with the value that reproduces the numbers of the
+# code before them. A field at this value is left out of the store key, so a store filled before
+# the field existed stays valid (tests/test_golden.py pins that the numbers did not change).
+# Every new Config field goes here with its default, unless its default changes the numbers
+# (then bump flcore.core.numerics.NUMERICS_VERSION instead). Never remove or edit an entry:
+# that would change the keys of the runs stored with the field at this value.
+KEY_NEUTRAL: dict[str, Any] = {}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -169,9 +177,16 @@ class Config:
     def key_dict(self) -> dict:
         """The fields that determine the numbers (for the result store's hash): every field,
         with the option dicts resolved (every default of the extension's `Params` filled in),
-        so changing a default can never serve a result computed under the old one."""
+        so changing a default can never serve a result computed under the old one.
+
+        A field listed in `KEY_NEUTRAL` is left out while it holds its neutral value (see
+        there): adding an option must not invalidate every run stored before it existed.
+        """
         d = self.to_dict()
         d.update(self.resolved_params())
+        for name, neutral in KEY_NEUTRAL.items():
+            if d.get(name) == neutral:
+                del d[name]
         return d
 
     # ---- the extensions ----------------------------------------------------------------------

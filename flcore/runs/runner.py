@@ -23,6 +23,29 @@ from flcore.sim.engine import simulate
 from flcore.sim.plan import Plan, make_plan
 from flcore.sim.result import Result
 
+# Set by `python -m flcore reproduce` while it renders: every run must come from the store.
+RENDER_ONLY_ENV = "FLCORE_RENDER_ONLY"
+
+
+class MissingRunError(RuntimeError):
+    """A render-only run (`RENDER_ONLY_ENV` set) needs a configuration the store lacks."""
+
+
+def describe(cfg: Config) -> str:
+    """The fields of `cfg` that differ from a default Config of its dataset, e.g.
+    "(dataset='fmnist', m=0.1, rounds=200)"."""
+    d, ref = cfg.to_dict(), Config(dataset=cfg.dataset).to_dict()
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in d.items() if v != ref.get(k) or k == "dataset") + ")"
+
+
+def _check_may_train(cfg: Config, store) -> None:
+    """Raise `MissingRunError` naming `cfg` when this process may only read the store."""
+    if os.environ.get(RENDER_ONLY_ENV):
+        raise MissingRunError(
+            f"render only: the configuration {describe(cfg)} (key {store_key(cfg)}) is not in the "
+            f"result store {store!s}; compute it first: `python -m flcore reproduce --profile <P>` "
+            f"computes every run a profile needs before rendering")  # fmt: skip
+
 
 def load_data(cfg: Config, data: Dataset | None = None, data_root=None) -> Dataset:
     """`cfg`'s dataset (its spec's loader, or `data` if given), subset to n_train / n_test."""
@@ -121,6 +144,7 @@ def run(
         if hit is not None:
             return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
 
+    _check_may_train(cfg, store)
     t0 = time.perf_counter()
     data, (start,) = _warm_starts([cfg], store, data, data_root, progress)
     data = load_data(cfg, data, data_root)
@@ -213,18 +237,49 @@ def run_many(configs, *, store="results", data: Dataset | None = None, data_root
         groups.setdefault(key, {}).setdefault(store_key(cfg), []).append(i)  # duplicates train once
     for members in groups.values():
         idx = [ii[0] for ii in members.values()]
-        cap = cfgs[idx[0]].spec.max_batched_federations  # bounds memory: G = cap x k models
-        batch: list[int] = []
-        for i in idx + [None]:
-            if i is not None and (not batch or sum(cfgs[b].repeats for b in batch) + cfgs[i].repeats <= cap):
-                batch.append(i)
-                continue
+        for batch in _split(idx, cfgs):
+            for b in batch:
+                _check_may_train(cfgs[b], store)
             results = _run_batch([cfgs[b] for b in batch], st, data, data_root, progress)
             for b, res in zip(batch, results):
                 for dup in members[store_key(cfgs[b])]:
                     out[dup] = res
-            batch = [i] if i is not None else []
     return out
+
+
+def _split(idx: list[int], cfgs: list[Config], cap: int | None = None) -> list[list[int]]:
+    """One batch group's configs (indices, in order) cut into stacks of at most `cap`
+    federations (default: the dataset's `max_batched_federations`, the memory bound: G = cap
+    x k models); a config with more repeats than `cap` is a stack of its own."""
+    cap = min(cap or 10**9, cfgs[idx[0]].spec.max_batched_federations)
+    out, batch, size = [], [], 0
+    for i in idx:
+        if batch and size + cfgs[i].repeats > cap:
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(i)
+        size += cfgs[i].repeats
+    if batch:
+        out.append(batch)
+    return out
+
+
+def batches(configs: list[Config], max_federations: int | None = None) -> list[list[Config]]:
+    """How `run_many` trains `configs` (resolved, distinct keys): the stacks it forms, in the
+    order it trains them. A config that cannot be batched (reference engine) is a stack of its
+    own. `flcore.runs.compute` runs each stack as one task, so the numbers are the same
+    whether the stacks run in this process or on a cluster. max_federations: a smaller cap
+    than the dataset's."""
+    groups: dict = {}
+    alone: list[list[Config]] = []
+    for i, cfg in enumerate(configs):
+        key = _batch_group(cfg)
+        if key is None:
+            alone.append([cfg])
+        else:
+            groups.setdefault(key, []).append(i)
+    out = [[configs[i] for i in b] for idx in groups.values() for b in _split(idx, configs, max_federations)]
+    return alone + out
 
 
 def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result]:

@@ -237,19 +237,31 @@ def pair_list(pairs) -> list[tuple[str, int, int]]:
     return out
 
 
-def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int | dict,
-                baseline_repeats: int | None = None, store="results", progress=True,
-                **base) -> pd.DataFrame:  # fmt: skip
-    """Final metrics for every pair × m (random selection): the data of Fig 1, Fig 2, Table 2, Table 3.
-
-    m = 0 rows come from the shared baseline (`baseline_config`), whatever the pair.
-    Poisoned runs evaluate only the last round. Returns a final frame (see module doc).
-    """
-    jobs = []  # (config, src, tgt): every run of the study, trained together by run_grid
+def feasibility_jobs(pairs, m_values: Sequence[float], *, rounds: int, repeats: int | dict,
+                     baseline_repeats: int | None = None, curves: bool = False,
+                     **base) -> list[tuple[Config, int | None, int | None]]:  # fmt: skip
+    """The runs of `feasibility`, without training: (config, src, tgt) per run, src and tgt
+    set where the run is the shared baseline read for that pair."""
+    jobs = []
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, **base)
         jobs.append((_baseline_for(cfg, baseline_repeats), s, t))
-        jobs += [(cfg.replace(m=float(m), eval_every=rounds), None, None) for m in m_values if m > 0]
+        poisoned = cfg.replace(eval_every=1, eval_classes=(s, t)) if curves else cfg.replace(eval_every=rounds)
+        jobs += [(poisoned.replace(m=float(m)), None, None) for m in m_values if m > 0]
+    return jobs
+
+
+def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int | dict,
+                baseline_repeats: int | None = None, curves: bool = False, store="results",
+                progress=True, **base) -> pd.DataFrame:  # fmt: skip
+    """Final metrics for every pair × m (random selection): the data of Fig 1, Fig 2, Table 2, Table 3.
+
+    m = 0 rows come from the shared baseline (`baseline_config`), whatever the pair.
+    Poisoned runs evaluate only the last round, or with `curves` every round on the source
+    and target classes (for means over the last rounds). Returns a final frame (module doc).
+    """
+    jobs = feasibility_jobs(pairs, m_values, rounds=rounds, repeats=repeats,
+                            baseline_repeats=baseline_repeats, curves=curves, **base)  # fmt: skip
     results = run_grid([c for c, _, _ in jobs], store, progress)
     return pd.concat([final_frame(r, s, t) for r, (_, s, t) in zip(results, jobs)], ignore_index=True)
 
@@ -265,18 +277,8 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
     Returns (round frame with a `setting` column: none | early | late, final frame of the
     late runs).
     """
-    pairs = pair_list(pairs)
-    figure_pairs = pairs if figure_pairs is None else pair_list(figure_pairs)
-    jobs = []  # (config, kind, src, tgt), trained together by run_grid
-    for d, s, t in pairs:
-        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, m=float(m),
-                          break_round=break_round, **base)  # fmt: skip
-        on_fig = (d, s, t) in figure_pairs
-        if on_fig:
-            jobs.append((_baseline_for(cfg, baseline_repeats), "none", s, t))
-        for strat in strategies if on_fig else ("late",):
-            jobs.append((cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds, eval_classes=(s,)),
-                         strat if on_fig else "final", None, None))  # fmt: skip
+    jobs = timing_jobs(pairs, m, strategies, rounds=rounds, repeats=repeats, break_round=break_round,
+                       figure_pairs=figure_pairs, baseline_repeats=baseline_repeats, **base)  # fmt: skip
     results = run_grid([j[0] for j in jobs], store, progress)
     rounds_frames, finals = [], []
     for r, (c, kind, s, t) in zip(results, jobs):
@@ -288,27 +290,61 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
     return rf, pd.concat(finals, ignore_index=True)
 
 
+def timing_jobs(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeats: int,
+                break_round: int, figure_pairs=None, baseline_repeats: int | None = None,
+                **base) -> list[tuple[Config, str, int | None, int | None]]:  # fmt: skip
+    """The runs of `timing`, without training: (config, kind, src, tgt), kind one of none
+    (the baseline, read for src → tgt), early, late (figure pairs) or final (Table 4 only)."""
+    pairs = pair_list(pairs)
+    figure_pairs = pairs if figure_pairs is None else pair_list(figure_pairs)
+    jobs = []
+    for d, s, t in pairs:
+        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, m=float(m),
+                          break_round=break_round, **base)  # fmt: skip
+        on_fig = (d, s, t) in figure_pairs
+        if on_fig:
+            jobs.append((_baseline_for(cfg, baseline_repeats), "none", s, t))
+        for strat in strategies if on_fig else ("late",):
+            jobs.append((cfg.replace(strategy=strat, eval_every=1 if on_fig else rounds, eval_classes=(s,)),
+                         strat if on_fig else "final", None, None))  # fmt: skip
+    return jobs
+
+
 def availability(pairs, m_values, alphas, *, rounds: int, repeats: int, break_round: int,
                  store="results", progress=True, **base) -> pd.DataFrame:  # fmt: skip
     """Late poisoning with availability α for every pair × m × α (Figs 5, 6, 7): a round frame."""
+    grid = availability_jobs(pairs, m_values, alphas, rounds=rounds, repeats=repeats,
+                             break_round=break_round, **base)  # fmt: skip
+    return pd.concat([round_frame(r) for r in run_grid(grid, store, progress)], ignore_index=True)
+
+
+def availability_jobs(pairs, m_values, alphas, *, rounds: int, repeats: int, break_round: int,
+                      **base) -> list[Config]:  # fmt: skip
+    """The runs of `availability`, without training."""
     grid = []
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t,
                           break_round=break_round, **base)  # fmt: skip
         grid += [cfg.replace(m=float(m), strategy="availability", alpha=float(a), eval_classes=(s,))
                  for m in m_values for a in alphas]  # fmt: skip
-    return pd.concat([round_frame(r) for r in run_grid(grid, store, progress)], ignore_index=True)
+    return grid
 
 
 def defense_updates(pairs, m_values, *, rounds: int, repeats: int = 1, store="results",
                     progress=True, **base) -> list[Result]:  # fmt: skip
     """Runs that record every selected participant's source-row output-layer update (Fig 8)."""
+    return run_grid(defense_updates_jobs(pairs, m_values, rounds=rounds, repeats=repeats, **base),
+                    store, progress)  # fmt: skip
+
+
+def defense_updates_jobs(pairs, m_values, *, rounds: int, repeats: int = 1, **base) -> list[Config]:
+    """The runs of `defense_updates`, without training."""
     grid = []
     for d, s, t in pair_list(pairs):
         cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, record_updates="source",
                           eval_every=rounds, **base)  # fmt: skip
         grid += [cfg.replace(m=float(m)) for m in m_values]
-    return run_grid(grid, store, progress)
+    return grid
 
 
 # ------------------------------------------------------------------------------------------
@@ -411,23 +447,32 @@ def defense_comparison(pairs, m_values, defenses=tuple(DEFENSES), *, rounds: int
     blocked, blocked_malicious and first_block (PCA defense only). Every m = 0 run keeps
     the pair: the PCA defense watches the source class's updates even on clean runs.
     """
-    unknown = [d for d in defenses if d not in DEFENSES]
-    if unknown:
-        defense_config(Config(), unknown[0])  # raises, naming the valid ones
-    ms = sorted({0.0, *(float(m) for m in m_values)})
-    names, grid = [], []
-    for d, s, t in pair_list(pairs):
-        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, eval_every=rounds, **base)
-        for name in defenses:
-            dcfg = defense_config(cfg, name, aggregator_params, pca_params)
-            names += [name] * len(ms)
-            grid += [dcfg.replace(m=m) for m in ms]
+    jobs = defense_comparison_jobs(pairs, m_values, defenses, rounds=rounds, repeats=repeats,
+                                   aggregator_params=aggregator_params, pca_params=pca_params, **base)  # fmt: skip
+    names, grid = [n for _, n in jobs], [c for c, _ in jobs]
     frames = []
     for name, res in zip(names, run_grid(grid, store, progress)):  # undefended runs train together
         f = final_frame(res).merge(blocking_frame(res), on="repeat", how="left")
         f.insert(list(f.columns).index("repeat"), "defense", name)
         frames.append(f)
     return pd.concat(frames, ignore_index=True)
+
+
+def defense_comparison_jobs(pairs, m_values, defenses=tuple(DEFENSES), *, rounds: int, repeats: int,
+                            aggregator_params: dict | None = None, pca_params: dict | None = None,
+                            **base) -> list[tuple[Config, str]]:  # fmt: skip
+    """The runs of `defense_comparison`, without training: (config, defense name)."""
+    unknown = [d for d in defenses if d not in DEFENSES]
+    if unknown:
+        defense_config(Config(), unknown[0])  # raises, naming the valid ones
+    ms = sorted({0.0, *(float(m) for m in m_values)})
+    jobs = []
+    for d, s, t in pair_list(pairs):
+        cfg = base_config(d, rounds=rounds, repeats=repeats, src=s, tgt=t, eval_every=rounds, **base)
+        for name in defenses:
+            dcfg = defense_config(cfg, name, aggregator_params, pca_params)
+            jobs += [(dcfg.replace(m=m), name) for m in ms]
+    return jobs
 
 
 def comparison_table(final: pd.DataFrame) -> pd.DataFrame:

@@ -1,12 +1,20 @@
-"""`python -m flcore reproduce`: execute the workbook's notebooks with papermill.
+"""`python -m flcore reproduce`: plan, compute and render the workbook's notebooks.
 
-    python -m flcore reproduce --profile quick|paper [--only 01,03] [--device auto|cpu|cuda]
+    python -m flcore reproduce --profile P [--only 01,03] [--device auto|cpu|cuda]
+        [--local-cluster N | --scheduler tcp://host:8786] [--dry-run] [--threads T]
 
-Each notebook `notebooks/NN_*.ipynb` runs with `params/<profile>/NN_*.yaml` into
-`reports/<profile>/` (the executed notebook plus an HTML export); figures and tables go to
-`figures/<profile>/`. Runs are shared through the result store, so the clean baseline that
-01, 02 and 03 use trains once. A failing notebook stops the command with the cell and the
-error; what finished before it stays.
+plan:    the configurations every selected notebook needs, from `params/<profile>/NN_*.yaml`
+         and the notebook's own defaults, without training (`flcore.studies.plan`);
+         `--dry-run` prints them with what is stored and an estimated wall time, and stops.
+compute: the pending configurations as stacks (`flcore.runs.compute`), in this process or one
+         Dask task per stack; every finished stack is stored, so a killed compute resumes.
+render:  papermill executes each notebook into `reports/<profile>/` (plus an HTML export),
+         figures and tables go to `figures/<profile>/`; training is forbidden here, so a
+         notebook that needs a run the store lacks stops naming it.
+
+A profile with `export: true` in `params/<profile>/profile.yaml` keeps its runs in
+`figures/<profile>/runs/` (Parquet), written after every stack and imported before planning:
+a computation continues on another machine and anyone re-renders without training.
 """
 
 from __future__ import annotations
@@ -107,17 +115,37 @@ def _failed_cell(executed: Path) -> str:
     return ""
 
 
-def execute(profile: str, only: list[str] | None = None, device: str | None = None,
-            root: Path = REPO_ROOT, params_dir: Path | None = None, reports_dir: Path | None = None,
-            extra: dict | None = None, log=print) -> list[Path]:  # fmt: skip
-    """Run the notebooks of a profile; returns the files written. Raises on the first failure."""
-    import papermill
+def profile_settings(profile: str, params_dir: Path) -> dict:
+    """`params/<profile>/profile.yaml` (optional): settings of the profile as a whole.
 
+    export: true      the runs are exported to figures/<profile>/runs/ (Parquet, committed)
+                      after every finished stack, and imported from there before planning
+    max_federations:  at most this many federations per stack (default: the dataset's cap);
+                      a long compute stores its work in smaller steps
+    threads:          torch threads per stack (default: this machine's); the thread count
+                      changes fp32/bf16 rounding, so a profile computed on many machines pins it
+    """
+    import yaml
+
+    path = params_dir / "profile.yaml"
+    if not path.exists():
+        return {}
+    d = yaml.safe_load(path.read_text()) or {}
+    allowed = {"export", "max_federations", "threads", "description"}
+    bad = sorted(set(d) - allowed) if isinstance(d, dict) else ["(not a mapping)"]
+    if bad:
+        raise ParameterError(f"{path}: unknown setting {bad[0]!r} (valid: {', '.join(sorted(allowed))})")
+    return d
+
+
+def prepare(profile: str, only: list[str] | None = None, device: str | None = None,
+            root: Path = REPO_ROOT, params_dir: Path | None = None, extra: dict | None = None):  # fmt: skip
+    """The notebooks to run and their parameters, checked; raises ParameterError before any
+    work. Returns (out_name, [(notebook, papermill parameters, every parameter)])."""
     params_dir = params_dir or root / "params" / profile
     # a seed other than the profile's: outputs go to <profile>-seed<N>, never over the profile's
     seed = (extra or {}).get("seed")
     out_name = profile if seed is None else f"{profile}-seed{seed}"
-    reports_dir = reports_dir or root / "reports" / out_name
     nbs = notebooks(root)
     if profile not in PROFILES:  # an extra profile runs the notebooks it has parameters for
         nbs = [p for p in nbs if (params_dir / f"{p.stem}.yaml").exists()]
@@ -127,44 +155,185 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
             raise ParameterError(f"--only {','.join(unknown)}: no such notebook (have: "
                                  f"{', '.join(p.name.split('_')[0] for p in nbs)})")  # fmt: skip
         nbs = [p for p in nbs if any(p.name.startswith(o) for o in only)]
-    # check every parameter file before running anything
     plan = []
     for nb in nbs:
         y = params_dir / f"{nb.stem}.yaml"
-        plan.append((nb, load_parameters(y, nb, device=device, **{**(extra or {}), "profile": out_name})))
+        given = load_parameters(y, nb, device=device, **{**(extra or {}), "profile": out_name})
+        plan.append((nb, given, notebook_parameters(nb) | given))
+    return out_name, plan
+
+
+def planned_configs(plan) -> dict[str, list]:
+    """notebook stem -> the configurations it runs (flcore.studies.plan); raises
+    ParameterError for parameters no configuration can be made of."""
+    from flcore.config import ConfigError
+    from flcore.studies.plan import configs
+
+    out = {}
+    for nb, _, full in plan:
+        try:
+            out[nb.stem] = configs(nb.stem, full)
+        except (ConfigError, ValueError) as e:
+            raise ParameterError(f"{nb.name}: {e}") from None
+    return out
+
+
+def _store_of(plan) -> Path:
+    from flcore.studies.experiments import repo_path
+
+    stores = {str(repo_path(full["results"])) for _, _, full in plan}
+    if len(stores) > 1:
+        raise ParameterError(f"the notebooks name different result stores ({', '.join(sorted(stores))}); "
+                             "give them one `results` so that shared runs train once")  # fmt: skip
+    return Path(stores.pop())
+
+
+def _figures_of(plan, out_name: str, root: Path) -> Path:
+    from flcore.studies.experiments import repo_path
+
+    outs = {str(repo_path(full["output_dir"])) for _, _, full in plan} or {str(root / "figures")}
+    return Path(sorted(outs)[0]) / out_name
+
+
+def execute(profile: str, only: list[str] | None = None, device: str | None = None,
+            root: Path = REPO_ROOT, params_dir: Path | None = None, reports_dir: Path | None = None,
+            extra: dict | None = None, log=print, executor=None, threads: int | None = None,
+            dry_run: bool = False, export: bool | None = None,
+            max_federations: int | None = None) -> list[Path]:  # fmt: skip
+    """Plan, compute and render a profile; returns the files written. Raises on the first failure.
+
+    plan:    every notebook's configurations from its parameters (flcore.studies.plan),
+             after importing the profile's committed export if it has one;
+    compute: the pending ones as stacks (flcore.runs.compute), here or on `executor` (a
+             dask.distributed.Client); a killed compute resumes where it stopped;
+    render:  papermill executes the notebooks with training forbidden: each reads its runs
+             from the store, and one that would have to train stops naming the configuration.
+    dry_run: print the plan (and an estimated wall time) and stop.
+    """
+    params_dir = params_dir or root / "params" / profile
+    settings = profile_settings(profile, params_dir)
+    out_name, plan = prepare(profile, only, device, root, params_dir, extra)
+    export = settings.get("export", False) if export is None else export
+    max_federations = max_federations or settings.get("max_federations")
+    threads = threads or settings.get("threads")
+    store = _store_of(plan) if plan else root / "results"
+    figures = _figures_of(plan, out_name, root)
+    runs_dir = figures / "runs"
+
+    from flcore.runs import compute as cp
+
+    if (runs_dir / "runs.parquet").exists():
+        from flcore.runs.export import import_runs
+
+        st = import_runs(runs_dir, store)
+        log(f"import {runs_dir}: {st['imported']} runs imported, {st['present']} already stored, "
+            f"{st['stale']} stale (computed by code with other numbers; skipped)")  # fmt: skip
+    per_nb = planned_configs(plan)
+    everything = [c for cs in per_nb.values() for c in cs]
+    full_plan = cp.plan(everything, store, max_federations)
+    if dry_run:
+        _print_plan(profile, per_nb, full_plan, store, threads, log)
+        return []
+
+    def save_export(_stack=None):
+        from flcore.runs.export import export_runs
+        from flcore.runs.runner import store_key
+
+        export_runs(store, [store_key(c) for c in full_plan.configs], runs_dir)
+
+    cp.compute(everything, store, executor, threads=threads, max_federations=max_federations,
+               progress=True, on_stack=save_export if export else None, log=log)  # fmt: skip
+    if export:
+        save_export()
+    return render(plan, out_name, root, reports_dir, log) + (sorted(runs_dir.glob("*.parquet")) if export else [])
+
+
+def render(plan, out_name: str, root: Path = REPO_ROOT, reports_dir: Path | None = None, log=print) -> list[Path]:
+    """papermill over the prepared notebooks, every run read from the store (training forbidden)."""
+    import os
+
+    import papermill
+
+    from flcore.runs.runner import RENDER_ONLY_ENV
+
+    reports_dir = reports_dir or root / "reports" / out_name
     reports_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    figures = root / "figures" / out_name
+    figures = _figures_of(plan, out_name, root)
     before = {p: p.stat().st_mtime for p in figures.glob("*")} if figures.exists() else {}
     t_all = time.perf_counter()
-    for i, (nb, params) in enumerate(plan, 1):
-        target = reports_dir / nb.name
-        log(f"[{i}/{len(plan)}] {nb.name} ...", end="", flush=True)
-        t0 = time.perf_counter()
-        try:
-            papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(root),
-                                       progress_bar=False, kernel_name="python3")  # fmt: skip
-        except papermill.PapermillExecutionError as e:
-            log(f" FAILED after {time.perf_counter() - t0:.0f} s")
-            cell = _failed_cell(target)
-            raise RuntimeError(f"{nb.name} failed (partial output: {target})\n"
-                               f"{cell or e.ename + ': ' + e.evalue}") from None  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - e.g. a dead kernel: report it like a failed cell
-            log(f" FAILED after {time.perf_counter() - t0:.0f} s")
-            raise RuntimeError(f"{nb.name} failed (partial output: {target}): "
-                               f"{type(e).__name__}: {e}") from None  # fmt: skip
-        html = export_html(target)
-        written += [target, html]
-        log(f" done in {time.perf_counter() - t0:.0f} s")
+    old = os.environ.get(RENDER_ONLY_ENV)
+    os.environ[RENDER_ONLY_ENV] = "1"  # the kernels inherit it
+    try:
+        for i, (nb, params, _) in enumerate(plan, 1):
+            target = reports_dir / nb.name
+            log(f"[{i}/{len(plan)}] {nb.name} ...", end="", flush=True)
+            t0 = time.perf_counter()
+            try:
+                papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(root),
+                                           progress_bar=False, kernel_name="python3")  # fmt: skip
+            except papermill.PapermillExecutionError as e:
+                log(f" FAILED after {time.perf_counter() - t0:.0f} s")
+                cell = _failed_cell(target)
+                raise RuntimeError(f"{nb.name} failed (partial output: {target})\n"
+                                   f"{cell or e.ename + ': ' + e.evalue}") from None  # fmt: skip
+            except Exception as e:  # noqa: BLE001 - e.g. a dead kernel: report it like a failed cell
+                log(f" FAILED after {time.perf_counter() - t0:.0f} s")
+                raise RuntimeError(f"{nb.name} failed (partial output: {target}): "
+                                   f"{type(e).__name__}: {e}") from None  # fmt: skip
+            html = export_html(target)
+            written += [target, html]
+            log(f" done in {time.perf_counter() - t0:.0f} s")
+    finally:
+        if old is None:
+            os.environ.pop(RENDER_ONLY_ENV, None)
+        else:
+            os.environ[RENDER_ONLY_ENV] = old
     if figures.exists():
-        written += sorted(p for p in figures.glob("*") if before.get(p) != p.stat().st_mtime)
+        written += sorted(p for p in figures.glob("*") if p.is_file() and before.get(p) != p.stat().st_mtime)
     log(f"all {len(plan)} notebooks in {time.perf_counter() - t_all:.0f} s")
     return written
 
 
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log) -> None:
+    from flcore.runs import compute as cp
+    from flcore.runs.runner import store_key
+    from flcore.sim.device import cpu_name
+
+    stored = {store_key(c) for c in full_plan.stored}
+    log(f"profile {profile}: plan (store {store})")
+    log(f"  {'notebook':24s} {'configs':>8s} {'federations':>12s} {'exp-rounds':>11s} {'stored':>7s} {'pending':>8s}")
+    for stem, cs in per_nb.items():
+        uniq = {store_key(c): c for c in cs}
+        n_st = sum(k in stored for k in uniq)
+        log(f"  {stem:24s} {len(uniq):8d} {sum(c.repeats for c in uniq.values()):12d} "
+            f"{sum(cp.experiment_rounds(c) for c in uniq.values()):11d} {n_st:7d} {len(uniq) - n_st:8d}")  # fmt: skip
+    p = full_plan
+    log(f"  {'all (distinct)':24s} {len(p.configs):8d} {p.federations:12d} {p.total_rounds:11d} "
+        f"{len(p.stored):7d} {len(p.pending):8d}")  # fmt: skip
+    log(f"pending: {len(p.pending)} configurations in {len(p.stacks)} stacks, {len(p.warmups)} warm-ups "
+        f"first; {p.pending_rounds} experiment-rounds")  # fmt: skip
+    for stack in p.stacks[:3]:
+        log(f"  e.g. a stack of {sum(c.repeats for c in stack)} federations: {len(stack)} configs, "
+            f"{stack[0].dataset}, {stack[0].rounds} rounds, {stack[0].precision}")  # fmt: skip
+    if not p.pending_rounds:
+        log("estimated wall time here: 0 s (everything is stored)")
+        return
+    est = cp.estimate(p, store, threads, log=log)
+    rates = "; ".join(f"{k}: {v:.3g} s per experiment-round" for k, v in est["per_round"].items())
+    log(f"estimated wall time here: {_hms(est['seconds'])} ({cpu_name()}, {est['threads']} torch threads; "
+        f"calibrated {rates})")  # fmt: skip
+
+
 def cmd_reproduce(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flcore reproduce",
-                                description="Execute the workbook's notebooks with papermill.")  # fmt: skip
+                                description="Plan, compute and render the workbook's notebooks (papermill).")  # fmt: skip
     p.add_argument("--profile", default="quick", choices=profiles(),
                    help="quick: minutes on a CPU; paper: the paper's full setting (GPU/cluster); "
                         "others: the params/<name>/ folders, running the notebooks they have")  # fmt: skip
@@ -174,16 +343,51 @@ def cmd_reproduce(argv: list[str]) -> int:
     p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                    help="override the notebooks' device parameter")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the configurations, federations, experiment-rounds, what is stored "
+                        "and an estimated wall time here (a short calibration); train nothing")  # fmt: skip
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--local-cluster", type=int, metavar="N",
+                       help="compute on a Dask LocalCluster of N worker processes on 127.0.0.1")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="compute on a running Dask scheduler, e.g. tcp://host:8786 (the "
+                            "result store must be a path every worker reaches)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per stack (default: this machine's torch default); the "
+                        "thread count changes fp32/bf16 rounding, so keep it to compare runs")  # fmt: skip
+    p.add_argument("--max-federations", type=int, default=None,
+                   help="at most N federations per stack (default: the profile's, else the dataset's cap)")
+    p.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the runs to figures/<profile>/runs/ (default: the profile's setting)")
     a = p.parse_args(argv)
     only = [o.strip() for o in a.only.split(",") if o.strip()] if a.only else None
+    for flag, v in (("--seed", a.seed), ("--local-cluster", a.local_cluster), ("--threads", a.threads),
+                    ("--max-federations", a.max_federations)):  # fmt: skip
+        if v is not None and v < (0 if flag == "--seed" else 1):
+            print(f"error: {flag} {v}: give {'a seed >= 0' if flag == '--seed' else 'at least 1'}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    from flcore.config import ConfigError
+
+    kw = dict(extra={"seed": a.seed} if a.seed is not None else None, threads=a.threads,
+              dry_run=a.dry_run, export=a.export, max_federations=a.max_federations)  # fmt: skip
     try:
-        if a.seed is not None and a.seed < 0:
-            raise ParameterError(f"--seed {a.seed}: the seed must be >= 0")
-        written = execute(a.profile, only, a.device, extra={"seed": a.seed} if a.seed is not None else None)
-    except (ParameterError, RuntimeError) as e:
+        if a.local_cluster or a.scheduler:
+            from flcore.runs.sweep import _client
+
+            with _client(a.scheduler, a.local_cluster) as client:
+                print(f"dask scheduler: {client.scheduler.address}", file=sys.stderr)
+                written = execute(a.profile, only, a.device, executor=client, **kw)
+        else:
+            written = execute(a.profile, only, a.device, **kw)
+    except (ParameterError, ConfigError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
-    print("written:")
+    if written:
+        print("written:")
     for w in written:
         try:
             print(f"  {w.relative_to(REPO_ROOT)}")

@@ -1,0 +1,310 @@
+"""Grouped execution: many configurations computed as stacks, in this process or on Dask.
+
+`compute(configs, store)` trains every configuration that is not yet in the result store.
+Pending configurations are cut into the stacks `run_many` would form (`runner.batches`:
+configurations that differ only in the attack and selection share one stacked model, at most
+the dataset's `max_batched_federations` federations per stack, which bounds a task's memory).
+Each stack is one task: run here one after the other (the default), or one Dask task per
+stack with `executor=` a `dask.distributed.Client`, the workers writing to the shared store.
+The clean warm-ups that warm-started configurations begin from are computed first, once each.
+
+A stack is stored when it finishes, so a killed compute resumes with every finished
+configuration loaded, not recomputed. Every task runs with the same number of torch threads
+(`threads`, by default this process's): in fp32 and bf16 the convolution's weight gradient
+is summed in per-thread parts, so the thread count, like the stacking, is part of how the
+numbers round. With both fixed, a stack gives the same numbers in this process and on a
+worker.
+
+`plan(configs, store)` says what `compute` would do without training anything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flcore.config import Config
+from flcore.runs.runner import batches, pretrain_config, resolved, store_key
+
+__all__ = ["Plan", "compute", "experiment_rounds", "plan"]
+
+
+def experiment_rounds(cfg: Config) -> int:
+    """The work of a configuration: rounds x repeats (one repeat x one round is one unit)."""
+    return cfg.rounds * cfg.repeats
+
+
+@dataclass
+class Plan:
+    """What computing a list of configurations involves (`plan`)."""
+
+    configs: list[Config]  # resolved, distinct (by store key), in input order
+    stored: list[Config] = field(default_factory=list)
+    warmups: list[Config] = field(default_factory=list)  # clean warm-ups to train first
+    stacks: list[list[Config]] = field(default_factory=list)  # pending configs, as trained
+
+    @property
+    def pending(self) -> list[Config]:
+        return [c for s in self.stacks for c in s]
+
+    @property
+    def federations(self) -> int:
+        return sum(c.repeats for c in self.configs)
+
+    @property
+    def total_rounds(self) -> int:
+        return sum(experiment_rounds(c) for c in self.configs)
+
+    @property
+    def pending_rounds(self) -> int:
+        return sum(experiment_rounds(c) for c in self.warmups + self.pending)
+
+
+def plan(configs, store="results", max_federations: int | None = None) -> Plan:
+    """Split `configs` into those stored in `store` and the stacks that would train the rest.
+
+    max_federations: at most this many federations per stack (default: the dataset's
+    `max_batched_federations`, its memory bound); smaller stacks are stored sooner, so less
+    is lost when a long compute is killed. A damaged entry counts as pending (the store
+    quarantines it on this verifying read)."""
+    from flcore.runs.store import Store
+
+    st = Store(store)
+    seen: set[str] = set()
+    out = Plan(configs=[])
+    pending: list[Config] = []
+    warm: dict[str, Config] = {}
+    for c in configs:
+        cfg = resolved(Config.from_dict(c) if isinstance(c, dict) else c)
+        key = store_key(cfg)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.configs.append(cfg)
+        if st.get(key) is not None:
+            out.stored.append(cfg)
+            continue
+        pending.append(cfg)
+        if cfg.warm_start:
+            pre = resolved(pretrain_config(cfg))
+            pk = store_key(pre)
+            if pk not in warm and st.get(pk) is None:
+                warm[pk] = pre
+    out.warmups = list(warm.values())
+    out.stacks = batches(pending, max_federations)
+    return out
+
+
+def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | None = None) -> list[str]:
+    """Train (or load) one stack into `store`; returns the store keys. The Dask task: it
+    takes plain values only, so it pickles anywhere."""
+    import torch
+
+    from flcore.runs.runner import run_many
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        cfgs = [Config.from_dict(d) for d in cfg_dicts]
+        run_many(cfgs, store=store, data_root=data_root, progress=False)
+        return [store_key(c) for c in cfgs]
+    finally:
+        torch.set_num_threads(before)
+
+
+def compute(configs, store="results", executor=None, *, threads: int | None = None,
+            max_federations: int | None = None, data_root=None, retries: int = 2,
+            progress: bool = True, on_stack=None, log=None) -> dict:  # fmt: skip
+    """Train every configuration of `configs` that `store` lacks; returns counts.
+
+    executor: None (stacks one after the other in this process) or a
+              `dask.distributed.Client` (one task per stack; `store` must be a path every
+              worker reaches).
+    threads:  torch threads per task (default: this process's `torch.get_num_threads()`);
+              keep it equal between runs that must agree to the bit.
+    max_federations: at most this many federations per stack (see `plan`).
+    retries:  Dask retries of a failed task (a worker that dies is rescheduled by Dask).
+    progress: a text bar over experiment-rounds (rounds x repeats), advanced per stack.
+    on_stack: called with the stack's configs after each stack is stored (e.g. to export).
+
+    Returns {configs, federations, stored, computed, stacks, warmups, experiment_rounds,
+    wall_s}. The first stack that fails stops the compute with its error; everything
+    finished is stored, so computing again resumes.
+    """
+    import torch
+
+    store = os.path.abspath(os.fspath(store))
+    p = plan(configs, store, max_federations)
+    threads = int(threads or torch.get_num_threads())
+    stats = {"configs": len(p.configs), "federations": p.federations, "stored": len(p.stored),
+             "computed": len(p.pending), "stacks": len(p.stacks), "warmups": len(p.warmups),
+             "experiment_rounds": p.pending_rounds, "threads": threads}  # fmt: skip
+    t0 = time.perf_counter()
+    waves = [[[w] for w in p.warmups], p.stacks]  # warm-ups first: stacks start from them
+    with _bar(progress, p.pending_rounds) as bar:
+        for wave in waves:
+            if not wave:
+                continue
+            if executor is None:
+                for stack in wave:
+                    run_stack([c.to_dict() for c in stack], store, data_root, threads)
+                    bar.update(sum(experiment_rounds(c) for c in stack))
+                    if on_stack is not None:
+                        on_stack(stack)
+            else:
+                _run_dask(executor, wave, store, data_root, threads, retries, bar, on_stack)
+    stats["wall_s"] = time.perf_counter() - t0
+    if log is not None:
+        log(f"compute: {stats['computed']} configurations in {stats['stacks']} stacks "
+            f"({stats['warmups']} warm-ups first), {stats['stored']} already stored, "
+            f"{stats['wall_s']:.0f} s")  # fmt: skip
+    return stats
+
+
+def _bar(progress: bool, total: int):
+    from tqdm import tqdm  # a text bar (papermill and logs keep it readable)
+
+    return tqdm(total=total, desc="compute", unit="exp-round", disable=not progress or total == 0,
+                dynamic_ncols=True)  # fmt: skip
+
+
+def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retries, bar, on_stack) -> None:
+    from distributed import as_completed
+
+    from flcore.runs.runner import describe
+
+    futures, stacks = [], {}
+    for stack in wave:
+        keys = [store_key(c) for c in stack]
+        fut = client.submit(run_stack, [c.to_dict() for c in stack], store, data_root, threads,
+                            key=f"flcore-stack-{keys[0]}-{len(keys)}", pure=False, retries=retries)  # fmt: skip
+        futures.append(fut)
+        stacks[fut.key] = stack
+    try:
+        for fut in as_completed(futures):
+            stack = stacks[fut.key]
+            try:
+                fut.result()
+            except BaseException as e:
+                if hasattr(e, "add_note"):
+                    e.add_note(f"flcore compute: the stack of {len(stack)} configurations starting "
+                               f"with {describe(stack[0])} failed; finished stacks are stored in "
+                               f"{store}: compute again to resume.")  # fmt: skip
+                raise
+            bar.update(sum(experiment_rounds(c) for c in stack))
+            if on_stack is not None:
+                on_stack(stack)
+    finally:
+        left = [f for f in futures if not f.done()]
+        if left:
+            client.cancel(left)
+
+
+# ------------------------------------------------------------------------------------------
+# Estimated wall time (python -m flcore reproduce --dry-run)
+# ------------------------------------------------------------------------------------------
+
+CALIBRATION_FILE = ".flcore-calibration.json"  # in the store: per machine, torch, dataset, stack
+
+
+def _calibration_key(cfg: Config, G: int, threads: int) -> str:
+    import torch
+
+    from flcore.sim.device import cpu_name
+
+    return "|".join(map(str, (cpu_name(), torch.__version__, threads, cfg.device, cfg.precision,
+                              cfg.dataset, cfg.batch_size, cfg.k, cfg.num_participants, G)))  # fmt: skip
+
+
+class _Clock:
+    """A stand-in progress bar that records when each round ends."""
+
+    def __init__(self) -> None:
+        self.t = [time.perf_counter()]
+
+    def update(self, n: int = 1) -> None:
+        self.t.append(time.perf_counter())
+
+
+def calibrate(cfg: Config, G: int, threads: int, data_root=None) -> dict:
+    """Seconds per training sample and per evaluated test image of `cfg`'s dataset and
+    settings with G federations stacked, read from the round times of one short real run on
+    a class-balanced subset (100 training images per participant, 2,000 test images): rounds
+    3 and 5 train only, rounds 2, 4 and 6 also evaluate; round 1 warms up."""
+    import torch
+
+    from flcore.runs.runner import load_data
+    from flcore.sim.engine import simulate
+    from flcore.sim.plan import make_plan
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        per, n_test, rounds = 100, 2000, 6
+        c = cfg.replace(m=0.0, repeats=G, rounds=rounds, n_train=per * cfg.num_participants,
+                        n_test=n_test, warm_start=0, strategy="random", alpha=None,
+                        break_round=rounds, record_updates="none", defense=None, defense_params={},
+                        keep_model=False, eval_every=2, eval_classes=None)  # fmt: skip
+        clock = _Clock()
+        simulate(c, make_plan(c, load_data(c, None, data_root)), clock)
+        dt = np.diff(clock.t)  # per round
+        train_round = float(np.median(dt[[2, 4]]))
+        eval_round = max(float(np.median(dt[[1, 3, 5]])) - train_round, 0.0)
+        return {"train_s": train_round / (G * cfg.k * per * cfg.local_epochs),
+                "eval_s": eval_round / (G * n_test)}  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def _eval_images(cfg: Config) -> int:
+    """Test images evaluated over a run of `cfg` (per repeat)."""
+    n_test = cfg.n_test if cfg.n_test is not None else cfg.spec.test_size
+    rounds = cfg.eval_rounds()
+    part = n_test if cfg.eval_classes is None else n_test * len(cfg.eval_classes) / cfg.num_classes
+    return int(n_test + part * (len(rounds) - 1))
+
+
+def estimate(p: Plan, store="results", threads: int | None = None, data_root=None, log=None) -> dict:
+    """Estimated seconds to compute `p`'s pending stacks here: per (dataset, settings,
+    stack size) one calibration (`calibrate`, kept in the store's CALIBRATION_FILE for
+    later dry runs on this machine), scaled by each stack's training samples and evaluated
+    test images. Returns {seconds, calibrations: {description: seconds per experiment-round}}."""
+    import json
+
+    import torch
+
+    threads = int(threads or torch.get_num_threads())
+    path = os.path.join(os.fspath(store), CALIBRATION_FILE)
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    total, per_round = 0.0, {}
+    for stack in [[w] for w in p.warmups] + p.stacks:
+        lead = stack[0]
+        G = sum(c.repeats for c in stack)
+        key = _calibration_key(lead, G, threads)
+        if key not in cache:
+            if log is not None:
+                log(f"calibrating {lead.dataset} ({lead.precision}, {G} stacked federations) ...")
+            cache[key] = calibrate(lead, G, threads, data_root)
+        cal = cache[key]
+        secs = 0.0
+        for c in stack:
+            n_train = c.n_train if c.n_train is not None else c.spec.train_size
+            samples = c.rounds * c.k * (n_train / c.num_participants) * c.local_epochs
+            secs += c.repeats * (samples * cal["train_s"] + _eval_images(c) * cal["eval_s"])
+        total += secs
+        per_round[f"{lead.dataset} {lead.precision}, stacks of {G}"] = secs / sum(experiment_rounds(c) for c in stack)
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(cache, f, indent=1)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+    return {"seconds": total, "per_round": per_round, "threads": threads}
