@@ -182,10 +182,12 @@ def test_local_cluster_sweep_killed_and_resumed_matches_in_process(tmp_path):
     cfgs = S.expand(S.load_grid(EXAMPLE))
     assert len(cfgs) == 16
     ref_path, path = tmp_path / "in-process", tmp_path / "cluster"
-    S.sweep(cfgs, store=ref_path, progress=False)
+    # stacks of 2 configurations (4 federations): 8 tasks, stored one stack at a time
+    S.sweep(cfgs, store=ref_path, progress=False, max_federations=4)
 
+    # one torch thread per task, as in this process (the thread count changes fp32 rounding)
     cmd = [sys.executable, "-m", "flcore", "sweep", str(EXAMPLE), "--local-cluster", "2",
-           "--results", str(path), "--quiet"]  # fmt: skip
+           "--results", str(path), "--quiet", "--threads", "1", "--max-federations", "4"]  # fmt: skip
     # own session: the kill takes the sweep and its worker processes down together, as a crash would
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip

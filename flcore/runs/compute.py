@@ -48,7 +48,9 @@ class Plan:
 
     @property
     def pending(self) -> list[Config]:
-        return [c for s in self.stacks for c in s]
+        """The configurations not yet stored."""
+        done = {store_key(c) for c in self.stored}
+        return [c for s in self.stacks for c in s if store_key(c) not in done]
 
     @property
     def federations(self) -> int:
@@ -60,23 +62,29 @@ class Plan:
 
     @property
     def pending_rounds(self) -> int:
-        return sum(experiment_rounds(c) for c in self.warmups + self.pending)
+        """The work left: the warm-ups and every stack with a configuration missing."""
+        return sum(experiment_rounds(c) for c in self.warmups + [c for s in self.stacks for c in s])
 
 
 def plan(configs, store="results", max_federations: int | None = None) -> Plan:
-    """Split `configs` into those stored in `store` and the stacks that would train the rest.
+    """Split `configs` into the stacks that train them and say which of those are stored.
+
+    The stacks are cut from all of `configs` (stored or not), so a configuration always
+    trains in the same stack, whatever was computed before: a resumed or extended compute
+    gives the numbers a compute in one go would have given. A stack with any configuration
+    missing is trained whole (its stored members are kept as they are).
 
     max_federations: at most this many federations per stack (default: the dataset's
     `max_batched_federations`, its memory bound); smaller stacks are stored sooner, so less
-    is lost when a long compute is killed. A damaged entry counts as pending (the store
+    is lost when a long compute is killed. A damaged entry counts as missing (the store
     quarantines it on this verifying read)."""
     from flcore.runs.store import Store
 
     st = Store(store)
     seen: set[str] = set()
     out = Plan(configs=[])
-    pending: list[Config] = []
     warm: dict[str, Config] = {}
+    stored: set[str] = set()
     for c in configs:
         cfg = resolved(Config.from_dict(c) if isinstance(c, dict) else c)
         key = store_key(cfg)
@@ -86,31 +94,37 @@ def plan(configs, store="results", max_federations: int | None = None) -> Plan:
         out.configs.append(cfg)
         if st.get(key) is not None:
             out.stored.append(cfg)
+            stored.add(key)
+    for stack in batches(out.configs, max_federations):
+        if all(store_key(c) in stored for c in stack):
             continue
-        pending.append(cfg)
-        if cfg.warm_start:
-            pre = resolved(pretrain_config(cfg))
-            pk = store_key(pre)
-            if pk not in warm and st.get(pk) is None:
-                warm[pk] = pre
+        out.stacks.append(stack)
+        for cfg in stack:
+            if cfg.warm_start:
+                pre = resolved(pretrain_config(cfg))
+                pk = store_key(pre)
+                if pk not in warm and st.get(pk) is None:
+                    warm[pk] = pre
     out.warmups = list(warm.values())
-    out.stacks = batches(pending, max_federations)
     return out
 
 
 def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | None = None) -> list[str]:
-    """Train (or load) one stack into `store`; returns the store keys. The Dask task: it
-    takes plain values only, so it pickles anywhere."""
+    """Train one stack whole and store the members the store lacks; returns the store keys.
+    The Dask task: it takes plain values only, so it pickles anywhere."""
     import torch
 
-    from flcore.runs.runner import run_many
+    from flcore.runs.runner import run, train_stack
 
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
         cfgs = [Config.from_dict(d) for d in cfg_dicts]
-        run_many(cfgs, store=store, data_root=data_root, progress=False)
+        if len(cfgs) == 1 and cfgs[0].engine != "fast":
+            run(cfgs[0], store=store, data_root=data_root, progress=False)
+        else:
+            train_stack(cfgs, store=store, data_root=data_root)
         return [store_key(c) for c in cfgs]
     finally:
         torch.set_num_threads(before)

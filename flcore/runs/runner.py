@@ -177,6 +177,7 @@ def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta)
         "precision": cfg.precision,
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
+        "pid": os.getpid(),  # which process (a Dask worker, say) computed it
         "torch": torch.__version__,
         "data_source": plan.data.source,
         **extra_meta,
@@ -280,6 +281,26 @@ def batches(configs: list[Config], max_federations: int | None = None) -> list[l
             groups.setdefault(key, []).append(i)
     out = [[configs[i] for i in b] for idx in groups.values() for b in _split(idx, configs, max_federations)]
     return alone + out
+
+
+def train_stack(cfgs: list[Config], *, store="results", data: Dataset | None = None, data_root=None,
+                progress: bool = False) -> list[Result]:  # fmt: skip
+    """Train `cfgs` (batchable together, at most the dataset's cap of federations) as one
+    stacked model, whether or not some are stored already, and store those that are not
+    (stored entries are kept as they are). `flcore.runs.compute` runs every stack so, so a
+    configuration's numbers do not depend on which of its stack-mates were stored before."""
+    cfgs = [resolved(c) for c in cfgs]
+    if len({_batch_group(c) for c in cfgs}) != 1 or _batch_group(cfgs[0]) is None:
+        raise ValueError("train_stack: the configurations must be batchable together "
+                         f"(differ only in {', '.join(BATCHABLE_FIELDS)}) and use the fast engine")  # fmt: skip
+    st = None
+    if store is not None:
+        from flcore.runs.store import Store
+
+        st = Store(store)
+    for c in cfgs:
+        _check_may_train(c, store)
+    return _run_batch(cfgs, st, data, data_root, progress)
 
 
 def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result]:

@@ -15,9 +15,10 @@ anything runs, and a bad one is reported with the grid point it came from.
 `sweep(grid)` runs every configuration that is not yet in the result store and returns the
 table of the whole grid: one row per configuration × repeat, the config columns and the
 final metrics. Finished configurations are never run again, so an interrupted sweep resumes
-where it stopped. With `executor=` a `dask.distributed.Client`, each pending configuration
-is one task (retried on failure; a task on a worker that dies is rescheduled by Dask) and
-the workers write to the shared store themselves.
+where it stopped. Pending configurations train as `run_many` stacks them (configurations
+that differ only in the attack and selection share one stacked model; `flcore.runs.compute`),
+and with `executor=` a `dask.distributed.Client` each stack is one task (retried on failure;
+a task on a worker that dies is rescheduled by Dask), the workers writing to the shared store.
 
 `flcore.sweep(grid)` is this module's `sweep(grid)`.
 """
@@ -336,6 +337,7 @@ def sweep(
     data_root: str | os.PathLike | None = None,
     retries: int = 2,
     threads: int | None = None,
+    max_federations: int | None = None,
     info: dict | None = None,
 ) -> pd.DataFrame:
     """Run every configuration of a grid that is not yet stored; return the grid's table.
@@ -343,12 +345,13 @@ def sweep(
     grid_or_configs: a grid mapping, a YAML path, or a list of `Config` / dicts.
     store:     the result store directory; with an executor it must be a path every worker
                can reach (a shared file system).
-    executor:  None (in-process, one configuration after another, each one's repeats batched)
-               or a `dask.distributed.Client`: one task per pending configuration.
+    executor:  None (in-process) or a `dask.distributed.Client`. Pending configurations are
+               trained as `run_many` stacks them (`flcore.runs.compute`): one task per stack.
     retries:   Dask retries of a task that raised (a task whose worker died is rescheduled by
                Dask itself, up to `distributed.scheduler.allowed-failures` times).
-    threads:   torch threads per configuration. None: in-process leaves torch's setting
-               alone, on Dask each task uses 1 (Dask parallelises over tasks).
+    threads:   torch threads per stack (default: this process's torch setting, on the
+               workers too, so a stack gives the same numbers here and on a worker).
+    max_federations: at most this many federations per stack (default: the dataset's cap).
     info:      if a dict, filled with counts: configs, stored (found already stored),
                computed, diverged, and the store path.
 
@@ -368,13 +371,25 @@ def sweep(
     stats = {"configs": len(configs), "stored": len(configs) - len(pending), "computed": 0,
              "store": os.path.abspath(store)}  # fmt: skip
 
-    if executor is None:
-        out_keys = _run_local(pending, store, data_root, threads, progress, stats)
-    else:
-        out_keys = _run_dask(executor, pending, store, data_root, retries, threads, progress, stats)
+    # configs this machine can key are computed as stacks (flcore.runs.compute, as run_many
+    # batches them); one whose device only a worker can resolve runs as a task of its own
+    here = [(i, c) for i, (c, k) in zip(todo, pending) if k is not None]
+    there = [(i, (c, k)) for i, (c, k) in zip(todo, pending) if k is None]
     all_keys = list(keys)
-    for i, k in zip(todo, out_keys):
-        all_keys[i] = k
+    if here:
+        from flcore.runs.compute import compute
+
+        compute([c for _, c in here], store, executor, threads=threads, data_root=data_root,
+                retries=retries, progress=progress, max_federations=max_federations)  # fmt: skip
+        stats["computed"] += len(here)
+    if there:
+        rest = [p for _, p in there]
+        if executor is None:
+            out_keys = _run_local(rest, store, data_root, threads, progress, stats)
+        else:
+            out_keys = _run_dask(executor, rest, store, data_root, retries, threads, progress, stats)
+        for (i, _), k in zip(there, out_keys):
+            all_keys[i] = k
     result = table(st, all_keys)
     stats["diverged"] = (
         int(result.groupby("key")["status"].first().eq("diverged").sum()) if len(result) else 0
@@ -479,6 +494,8 @@ def cmd_sweep(argv: list[str]) -> int:
     p.add_argument(
         "--retries", type=int, default=2, help="Dask retries of a failed task (default 2)"
     )
+    p.add_argument("--max-federations", type=int, default=None, metavar="N",
+                   help="at most N federations per stack (default: the dataset's cap)")
     p.add_argument(
         "--dry-run", action="store_true", help="list the configurations and what is stored"
     )
@@ -488,6 +505,8 @@ def cmd_sweep(argv: list[str]) -> int:
         p.error(f"--local-cluster {a.local_cluster}: give at least 1 worker process")
     if a.threads is not None and a.threads < 1:
         p.error(f"--threads {a.threads}: give at least 1 thread")
+    if a.max_federations is not None and a.max_federations < 1:
+        p.error(f"--max-federations {a.max_federations}: give at least 1")
 
     from flcore.data import DatasetFormatError, DatasetNotFoundError
     from flcore.runs.store import Store, StoreError
@@ -508,10 +527,11 @@ def cmd_sweep(argv: list[str]) -> int:
             with _client(a.scheduler, a.local_cluster) as client:
                 print(f"dask scheduler: {client.scheduler.address}", file=sys.stderr)
                 df = sweep(configs, a.results, executor=client, progress=not a.quiet,
-                           data_root=a.data_root, retries=a.retries, threads=a.threads, info=info)  # fmt: skip
+                           data_root=a.data_root, retries=a.retries, threads=a.threads, info=info,
+                           max_federations=a.max_federations)  # fmt: skip
         else:
             df = sweep(configs, a.results, progress=not a.quiet, data_root=a.data_root,
-                       threads=a.threads, info=info)  # fmt: skip
+                       threads=a.threads, info=info, max_federations=a.max_federations)  # fmt: skip
     except (StoreError, DatasetNotFoundError, DatasetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,179 @@
+"""`reproduce` as plan -> compute -> render, with real processes: a Dask LocalCluster computes
+the same tables as this process, a killed compute resumes without recomputing a finished
+configuration (and ends with the same tables), the render step never trains, and a
+profile's runs survive an export and import."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytest.importorskip("papermill")
+
+from flcore.runs import compute as cp
+from flcore.runs.export import export_runs, import_runs
+from flcore.runs.runner import store_key
+from flcore.runs.store import Store
+from flcore.studies.reproduce import REPO_ROOT, execute, planned_configs, prepare, render
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+COMMON = {"n_train": {"fmnist": 500}, "n_test": {"fmnist": 200}, "rounds": 3, "seed": 0,
+          "precision": "fp32", "warm_start": {"fmnist": 2}}  # fmt: skip
+TINY = {
+    "01_feasibility": {"repeats": 2, "baseline_repeats": 2, "pairs": [["fmnist", 4, 6], ["fmnist", 6, 0]],
+                       "m_values": [0.0, 0.1, 0.3, 0.5], "fig1_pairs": [["fmnist", 4, 6]]},
+    "02_targeting": {"repeats": 2, "baseline_repeats": 2, "pairs": [["fmnist", 4, 6], ["fmnist", 6, 0]],
+                     "m": 0.1},
+}  # fmt: skip
+TABLES = ("table2_source_recall_loss.csv", "table3_targeting.csv")
+KW = dict(only=["01", "02"], threads=1, max_federations=4)  # 2 configs of 2 repeats per stack
+
+
+def _params(tmp: Path) -> Path:
+    d = tmp / "params"
+    d.mkdir(exist_ok=True)
+    for name, p in TINY.items():
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(COMMON | p))
+    return d
+
+
+def _extra(tmp: Path) -> dict:
+    return {"output_dir": str(tmp / "figures"), "results": str(tmp / "results")}
+
+
+def _tables(tmp: Path) -> dict[str, bytes]:
+    return {t: (tmp / "figures" / "t" / t).read_bytes() for t in TABLES}
+
+
+def _entry_ids(path: Path) -> dict[str, tuple]:
+    st = Store(path)
+    return {k: ((path / k).stat().st_ino, (path / k / "MANIFEST.json").read_bytes()) for k in st}
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """The tiny profile computed and rendered in this process."""
+    tmp = tmp_path_factory.mktemp("inproc")
+    execute("t", params_dir=_params(tmp), reports_dir=tmp / "reports", extra=_extra(tmp),
+            log=lambda *a, **k: None, **KW)  # fmt: skip
+    return tmp
+
+
+def test_local_cluster_writes_the_same_tables(in_process, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        execute("t", params_dir=_params(tmp_path), reports_dir=tmp_path / "reports",
+                extra=_extra(tmp_path), log=lambda *a, **k: None, executor=client, **KW)  # fmt: skip
+    assert _tables(tmp_path) == _tables(in_process)
+    pids = {json.loads((p / "meta.json").read_text()).get("pid") for p in (tmp_path / "results").iterdir()
+            if (p / "meta.json").exists()}  # fmt: skip
+    assert pids and os.getpid() not in pids  # the workers computed and stored them
+
+
+def test_killed_compute_resumes_and_ends_with_the_same_tables(in_process, tmp_path):
+    params = _params(tmp_path)
+    script = (f"import torch; torch.set_num_threads(1)\n"
+              f"from pathlib import Path\nfrom flcore.studies.reproduce import execute\n"
+              f"execute('t', only=['01', '02'], threads=1, max_federations=4, params_dir=Path({str(params)!r}), "
+              f"reports_dir=Path({str(tmp_path / 'reports')!r}), extra={_extra(tmp_path)!r})\n")  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    store = tmp_path / "results"
+    total = len({store_key(c) for cs in planned_configs(prepare("t", ["01", "02"], None, REPO_ROOT, params,
+                                                                  _extra(tmp_path))[1]).values() for c in cs})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        # the warm-up and at least one stack of 2 configurations stored, then kill
+        while time.monotonic() < deadline and proc.poll() is None:
+            if store.exists() and len(Store(store).keys()) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _entry_ids(store)
+    assert 3 <= len(before) < total + 1, (len(before), total)  # + 1: the warm-up
+    stats = {}
+    execute("t", params_dir=params, reports_dir=tmp_path / "reports", extra=_extra(tmp_path),
+            log=lambda *a, **k: stats.setdefault("lines", []).append(" ".join(map(str, a))), **KW)  # fmt: skip
+    now = _entry_ids(store)
+    assert all(now[k] == v for k, v in before.items()), "an entry stored before the kill was rewritten"
+    assert len(now) == total + 1
+    # the stacks are cut from the whole plan, so the resumed compute rounds as one in one go
+    assert _tables(tmp_path) == _tables(in_process)
+
+
+def test_render_never_trains_and_names_the_missing_configuration(in_process, tmp_path):
+    import shutil
+
+    shutil.copytree(in_process / "results", tmp_path / "results")
+    out_name, plan = prepare("t", ["01"], None, REPO_ROOT, _params(tmp_path), _extra(tmp_path))
+    victim = planned_configs(plan)["01_feasibility"][-1]
+    assert Store(tmp_path / "results").delete(store_key(victim))
+    with pytest.raises(RuntimeError, match="render only: the configuration .*m=0.5.* is not in the result store"):
+        render(plan, out_name, REPO_ROOT, tmp_path / "reports", log=lambda *a, **k: None)
+    assert not Store(tmp_path / "results").has(store_key(victim))  # nothing was trained
+
+
+def test_export_import_round_trip_and_stale_runs_skipped(in_process, tmp_path):
+    src = in_process / "results"
+    keys = Store(src).keys()
+    info = export_runs(src, keys, tmp_path / "runs")
+    assert info["runs"] == len(keys) and info["bytes"] > 0
+    st = import_runs(tmp_path / "runs", tmp_path / "store")
+    assert st == {"runs": len(keys), "imported": len(keys), "present": 0, "stale": 0}
+    a, b = Store(src), Store(tmp_path / "store")
+    for k in keys:
+        ea, eb = a.get(k), b.get(k)
+        assert ea.config == eb.config and ea.meta == eb.meta
+        for name in ea.frames:
+            pd.testing.assert_frame_equal(ea.frames[name], eb.frames[name], check_exact=True)
+        for name in ea.arrays:
+            assert (ea.arrays[name] == eb.arrays[name]).all() and ea.arrays[name].dtype == eb.arrays[name].dtype
+    # importing again changes nothing; a planned compute has nothing left to do
+    assert import_runs(tmp_path / "runs", tmp_path / "store")["present"] == len(keys)
+    _, plan = prepare("t", ["01", "02"], None, REPO_ROOT, _params(tmp_path), _extra(tmp_path))
+    configs = [c for cs in planned_configs(plan).values() for c in cs]
+    p = cp.plan(configs, tmp_path / "store", 4)
+    assert p.pending == [] and p.stacks == [] and len(p.stored) == len(p.configs)
+    # a run whose configuration this code keys differently (other numbers) is never imported
+    runs = pd.read_parquet(tmp_path / "runs" / "runs.parquet")
+    cfg = json.loads(runs.loc[0, "config"])
+    cfg["lr"] = cfg["lr"] * 2
+    runs.loc[0, "config"] = json.dumps(cfg, sort_keys=True)
+    runs.to_parquet(tmp_path / "runs" / "runs.parquet", index=False)
+    st = import_runs(tmp_path / "runs", tmp_path / "fresh")
+    assert st["stale"] == 1 and st["imported"] == len(keys) - 1
+    assert runs.loc[0, "key"] not in Store(tmp_path / "fresh").keys()
+
+
+def test_dry_run_reports_the_plan_and_trains_nothing(in_process, tmp_path):
+    lines: list[str] = []
+    execute("t", params_dir=_params(tmp_path), reports_dir=tmp_path / "reports", extra=_extra(tmp_path),
+            log=lambda *a, **k: lines.append(" ".join(map(str, a))), dry_run=True, **KW)  # fmt: skip
+    text = "\n".join(lines)
+    assert "01_feasibility" in text and "02_targeting" in text
+    assert "estimated wall time here:" in text and "s per experiment-round" in text
+    assert Store(tmp_path / "results").keys() == []
+    assert not (tmp_path / "reports").exists()
+    # everything stored: 0 pending, no calibration needed
+    lines.clear()
+    execute("t", params_dir=_params(in_process), reports_dir=tmp_path / "reports", extra=_extra(in_process),
+            log=lambda *a, **k: lines.append(" ".join(map(str, a))), dry_run=True, **KW)  # fmt: skip
+    text = "\n".join(lines)
+    assert "pending: 0 configurations in 0 stacks" in text and "0 s (everything is stored)" in text
