@@ -263,7 +263,35 @@ def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int |
     jobs = feasibility_jobs(pairs, m_values, rounds=rounds, repeats=repeats,
                             baseline_repeats=baseline_repeats, curves=curves, **base)  # fmt: skip
     results = run_grid([c for c, _, _ in jobs], store, progress)
-    return pd.concat([final_frame(r, s, t) for r, (_, s, t) in zip(results, jobs)], ignore_index=True)
+    frames = []
+    for r, (_, s, t) in zip(results, jobs):
+        f = final_frame(r, s, t)
+        if curves:  # the source recall over the last rounds (Table 2's second reading)
+            last = last_rounds_recall(r, s)
+            f = f.assign(source_recall_last=f["repeat"].map(last) if last is not None else np.nan)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def last_rounds(rounds: int) -> int:
+    """How many final rounds the "last rounds" means average: a tenth of the run (the
+    paper's 200 rounds: 20), at least 1. One round swings with who was selected in it."""
+    return max(1, rounds // 10)
+
+
+def last_rounds_recall(res: Result, src: int | None = None) -> pd.Series | None:
+    """Per non-diverged repeat: the recall of class `src` (default: the config's source)
+    averaged over the last `last_rounds` rounds; None if the run did not evaluate that class
+    in each of them."""
+    cfg = res.config
+    s = cfg.src if src is None else src
+    L = last_rounds(cfg.rounds)
+    rec = res.recall[(res.recall["cls"] == s) & (res.recall["round"] > cfg.rounds - L)]
+    rec = rec[rec["repeat"].isin(_ok_repeats(res))]
+    per = rec.groupby("repeat")["recall"]
+    if rec.empty or (per.count() < L).any():
+        return None
+    return per.mean()
 
 
 def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeats: int,
@@ -564,6 +592,9 @@ def table2(final: pd.DataFrame) -> pd.DataFrame:
     """Loss in source recall (pp, clean minus poisoned) per pair and m, with the clean m_cnt.
 
     Tidy: dataset, src, tgt, setting, m, mean, std, runs, m_cnt (mean over clean repeats).
+    With `feasibility(curves=True)` runs, also the loss averaged over the last rounds
+    (`last_rounds`: the last tenth of the run), paired by repeat: last_mean, last_std,
+    last_runs (NaN where the poisoned runs were evaluated in the final round only).
     """
     j = _with_baseline(final)
     j["loss"] = source_recall_loss(j["source_recall_clean"], j["source_recall"])
@@ -571,6 +602,13 @@ def table2(final: pd.DataFrame) -> pd.DataFrame:
     cnt = final[final["m"] == 0].groupby(["dataset", "src", "tgt"])["m_cnt"].mean().rename("m_cnt")
     t = t.merge(cnt.reset_index(), on=["dataset", "src", "tgt"], how="left")
     t.insert(3, "setting", [setting_label(m) for m in t["m"]])
+    if "source_recall_last" in final and final.loc[final["m"] > 0, "source_recall_last"].notna().any():
+        base = final[final["m"] == 0][["dataset", "src", "tgt", "repeat", "source_recall_last"]]
+        jl = final[final["m"] > 0].merge(base, on=["dataset", "src", "tgt", "repeat"], suffixes=("", "_clean"))
+        jl["loss_last"] = source_recall_loss(jl["source_recall_last_clean"], jl["source_recall_last"])
+        last = mean_std(jl, ["dataset", "src", "tgt", "m"], "loss_last").rename(
+            columns={"mean": "last_mean", "std": "last_std", "runs": "last_runs"})
+        t = t.merge(last, on=["dataset", "src", "tgt", "m"], how="left")
     return t
 
 
@@ -704,8 +742,12 @@ def compare_table2(t2: pd.DataFrame) -> pd.DataFrame:
     t = t.assign(m=t["m"].round(4))
     out = t.merge(p.assign(m=p["m"].round(4)), on=["dataset", "src", "tgt", "m"], how="left")
     out["difference"] = out["this_run"] - out["paper"]
-    return out[["dataset", "src", "tgt", "setting", "paper", "this_run", "this_std", "runs",
-                "difference", "paper_m_cnt", "this_m_cnt"]]  # fmt: skip
+    cols = ["dataset", "src", "tgt", "setting", "paper", "this_run", "this_std", "runs", "difference",
+            "paper_m_cnt", "this_m_cnt"]  # fmt: skip
+    if "last_mean" in out:  # the loss averaged over the last rounds (feasibility curves)
+        out["last_difference"] = out["last_mean"] - out["paper"]
+        cols += ["last_mean", "last_std", "last_difference"]
+    return out[cols]
 
 
 def _compare_settings(table: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
