@@ -1,7 +1,8 @@
 """Command line: `python -m flcore <command>` (also installed as `flcore`).
 
   run        one experiment configuration (all its repeats); prints a summary table
-  reproduce  executes the notebooks with papermill (flcore.studies.reproduce)
+  reproduce  plans, computes and renders a profile's notebooks (flcore.studies.reproduce)
+  report     docs/REPRODUCTION.md from a profile's stored runs (flcore.studies.report)
   sweep      a grid of configurations, in-process or on Dask (flcore.runs.sweep)
 
 `run` takes every Config field as an option (`--m 0.3`, `--attack random_flip`,
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flcore.cli", "cmd_run"),
     "reproduce": ("flcore.studies.reproduce", "cmd_reproduce"),
     "sweep": ("flcore.runs.sweep", "cmd_sweep"),
+    "report": ("flcore.studies.report", "cmd_report"),
 }
 
 _HELP = {

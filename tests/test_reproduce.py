@@ -177,3 +177,21 @@ def test_dry_run_reports_the_plan_and_trains_nothing(in_process, tmp_path):
             log=lambda *a, **k: lines.append(" ".join(map(str, a))), dry_run=True, **KW)  # fmt: skip
     text = "\n".join(lines)
     assert "pending: 0 configurations in 0 stacks" in text and "0 s (everything is stored)" in text
+
+
+def test_report_is_written_from_the_stored_runs(in_process, tmp_path):
+    """REPRODUCTION.md-style report of the tiny profile: computed cells carry our numbers (those
+    of the rendered Table 2), cells without runs say so."""
+    from flcore.studies.report import write
+
+    out = write("t", tmp_path / "R.md", REPO_ROOT, log=lambda *a, **k: None, params_dir=_params(in_process),
+                extra=_extra(in_process))  # fmt: skip
+    text = out.read_text()
+    t2 = pd.read_csv(in_process / "figures" / "t" / "table2_source_recall_loss.csv")
+    rows = {line.split("|")[1].strip() + " " + line.split("|")[2].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and "→" in line and "%" in line.split("|")[2]}  # fmt: skip
+    for r in t2.itertuples():
+        line = rows[f"{r.src}→{r.tgt} {100 * r.m:g}%"]
+        assert f"| {r.mean:.1f} |" in line and f"| {r.runs} |" in line, line
+    assert not any(k.startswith("1→3") for k in rows)  # a pair the profile does not plan
+    assert "configurations computed: **" in text and "## The paper's findings" in text

@@ -124,6 +124,8 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
                       a long compute stores its work in smaller steps
     threads:          torch threads per stack (default: this machine's); the thread count
                       changes fp32/bf16 rounding, so a profile computed on many machines pins it
+    report:           a Markdown file written from the stored runs after rendering
+                      (flcore.studies.report), e.g. docs/REPRODUCTION.md
     """
     import yaml
 
@@ -131,7 +133,7 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
     if not path.exists():
         return {}
     d = yaml.safe_load(path.read_text()) or {}
-    allowed = {"export", "max_federations", "threads", "description"}
+    allowed = {"export", "max_federations", "threads", "report", "description"}
     bad = sorted(set(d) - allowed) if isinstance(d, dict) else ["(not a mapping)"]
     if bad:
         raise ParameterError(f"{path}: unknown setting {bad[0]!r} (valid: {', '.join(sorted(allowed))})")
@@ -245,7 +247,12 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
                progress=True, on_stack=save_export if export else None, log=log)  # fmt: skip
     if export:
         save_export()
-    return render(plan, out_name, root, reports_dir, log) + (sorted(runs_dir.glob("*.parquet")) if export else [])
+    written = render(plan, out_name, root, reports_dir, log) + (sorted(runs_dir.glob("*.parquet")) if export else [])
+    if settings.get("report") and not only and not (extra or {}).get("seed"):
+        from flcore.studies.report import write
+
+        written.append(write(profile, root / settings["report"], root, log=log))
+    return written
 
 
 def render(plan, out_name: str, root: Path = REPO_ROOT, reports_dir: Path | None = None, log=print) -> list[Path]:

@@ -1,0 +1,341 @@
+"""docs/REPRODUCTION.md, written from the stored runs of a profile, never by hand.
+
+    python -m flcore report --profile paper-fmnist [--out docs/REPRODUCTION.md]
+
+For every Fashion-MNIST cell of the paper's Tables 2, 3 and 4: our mean, a 95% confidence
+interval over the repeats (Student's t), the runs behind it and the paper's number, with a
+verdict; then the paper's findings one by one, held or not, as far as the stored runs
+reach; then how the runs were computed (commands, CPUs, wall time). It reads the store
+only (after importing the profile's committed export), so it can be written at any point
+of a long computation: a cell whose runs are not computed yet says so. `reproduce` writes
+it after rendering a profile whose `profile.yaml` names a `report` file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flcore.config import Config
+from flcore.studies import experiments as ex
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATASET = "fmnist"
+
+
+def _load(cfgs: list[Config], store) -> dict[str, object]:
+    """store key -> Result for the configurations of `cfgs` that are stored."""
+    from flcore.runs.runner import resolved, store_key
+    from flcore.runs.store import Store
+    from flcore.sim.result import Result
+
+    st = Store(store)
+    out = {}
+    for c in cfgs:
+        c = resolved(c)
+        k = store_key(c)
+        e = st.get(k)
+        if e is not None:
+            out[k] = Result.from_store(c, e.frames, e.arrays, e.meta)
+    return out
+
+
+def ci95(std: float, n: int) -> float:
+    """Half-width of the 95% confidence interval of a mean of n runs (Student's t)."""
+    if n < 2 or not np.isfinite(std):
+        return math.nan
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def verdict(mean: float, half: float, paper: float, runs: int) -> str:
+    if runs == 0 or not np.isfinite(mean):
+        return "not computed yet"
+    if not np.isfinite(paper):
+        return "no published number"
+    if not np.isfinite(half):
+        return f"{runs} run: no interval; {mean - paper:+.1f} pp from the paper"
+    if abs(mean - paper) <= half:
+        return "paper inside our 95% CI"
+    return f"off by {mean - paper:+.1f} pp ({abs(mean - paper) - half:.1f} pp beyond our CI)"
+
+
+def _fmt(v: float, nd: int = 1) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
+
+
+def _md(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _with_ci(t: pd.DataFrame, mean="mean", std="std", runs="runs") -> pd.DataFrame:
+    t = t.copy()
+    t["ci"] = [ci95(s, int(n)) for s, n in zip(t[std], t[runs])]
+    return t
+
+
+def table2_section(final: pd.DataFrame | None, pairs, last: int = 20) -> tuple[str, pd.DataFrame]:
+    paper = ex.PAPER_TABLE2[ex.PAPER_TABLE2["dataset"] == DATASET]
+    t2 = ex.table2(final) if final is not None and (final["m"] == 0).any() and (final["m"] > 0).any() else None
+    rows = []
+    for r in paper.itertuples(index=False):
+        if (DATASET, r.src, r.tgt) not in pairs:
+            continue
+        got = None if t2 is None else t2[(t2["src"] == r.src) & (t2["tgt"] == r.tgt) & np.isclose(t2["m"], r.m)]
+        mean, std, n = (math.nan, math.nan, 0) if got is None or got.empty else (
+            float(got["mean"].iloc[0]), float(got["std"].iloc[0]), int(got["runs"].iloc[0]))
+        half = ci95(std, n)
+        lm, ls, ln = math.nan, math.nan, 0
+        if got is not None and not got.empty and "last_mean" in got:
+            lm, ls, ln = float(got["last_mean"].iloc[0]), float(got["last_std"].iloc[0]), int(got["last_runs"].iloc[0])
+        lh = ci95(ls, ln)
+        rows.append({"pair": f"{r.src}→{r.tgt}", "m": f"{100 * r.m:g}%", "paper": _fmt(r.loss, 2),
+                     "ours (final round)": _fmt(mean), "95% CI": f"± {_fmt(half)}", "runs": n,
+                     "verdict": verdict(mean, half, r.loss, n),
+                     f"ours (last {last} rounds)": _fmt(lm), "95% CI ": f"± {_fmt(lh)}",
+                     f"verdict (last {last})": verdict(lm, lh, r.loss, ln)})  # fmt: skip
+    return _md(pd.DataFrame(rows)), t2
+
+
+def table3_section(final: pd.DataFrame | None, m: float) -> str:
+    paper = ex.PAPER_TABLE3[ex.PAPER_TABLE3["dataset"] == DATASET]
+    t3 = None
+    if final is not None and (final["m"] == 0).any() and np.isclose(final["m"], m).any():
+        t3 = ex.table3(final, m)
+    rows = []
+    labels = {"delta_source": "source", "delta_target": "target", "delta_others_sum": "others (sum)",
+              "delta_others_mean": "others (per class)"}  # fmt: skip
+    for r in paper.itertuples(index=False):
+        for setting, lab in labels.items():
+            p = r.delta_others_sum if setting.startswith("delta_others") else getattr(r, setting)
+            got = None if t3 is None else t3[(t3["src"] == r.src) & (t3["tgt"] == r.tgt) & (t3["setting"] == setting)]
+            mean, std, n = (math.nan, math.nan, 0) if got is None or got.empty else (
+                float(got["mean"].iloc[0]), float(got["std"].iloc[0]), int(got["runs"].iloc[0]))
+            half = ci95(std, n)
+            rows.append({"pair": f"{r.src}→{r.tgt}", "change of": lab, "paper": _fmt(p, 2), "ours": _fmt(mean, 2),
+                         "95% CI": f"± {_fmt(half, 2)}", "runs": n, "verdict": verdict(mean, half, p, n)})  # fmt: skip
+    return _md(pd.DataFrame(rows))
+
+
+def table4_section(late: pd.DataFrame | None, pairs) -> str:
+    paper = ex.PAPER_TABLE4[ex.PAPER_TABLE4["dataset"] == DATASET]
+    t4 = ex.table4(late) if late is not None and len(late) else None
+    rows = []
+    for r in paper.itertuples(index=False):
+        if (DATASET, r.src, r.tgt) not in pairs:
+            continue
+        for setting, lab in (("malicious_in_PR", "≥ 1 malicious in the last round"), ("none_in_PR", "none")):
+            p = getattr(r, setting)
+            got = None if t4 is None else t4[(t4["src"] == r.src) & (t4["tgt"] == r.tgt) & (t4["setting"] == setting)]
+            mean, std, n = (math.nan, math.nan, 0) if got is None or got.empty else (
+                float(got["mean"].iloc[0]), float(got["std"].iloc[0]), int(got["runs"].iloc[0]))
+            half = ci95(std, n)
+            rows.append({"pair": f"{r.src}→{r.tgt}", "last round": lab, "paper": _fmt(p, 2), "ours": _fmt(mean),
+                         "95% CI": f"± {_fmt(half)}", "runs": n, "verdict": verdict(mean, half, p, n)})  # fmt: skip
+    return _md(pd.DataFrame(rows))
+
+
+def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
+    """The paper's §3 findings that the stored runs can judge, one line each."""
+    out = []
+    if t2 is not None and len(t2):
+        for (s, t), g in t2.sort_values("m").groupby(["src", "tgt"]):
+            if len(g) < 2:
+                continue
+            lo, hi = g.iloc[0], g.iloc[-1]
+            held = hi["mean"] > lo["mean"]
+            out.append(f"Source-recall loss grows with m ({s}→{t}): {'held' if held else 'NOT held'}: "
+                       f"{lo['mean']:.1f} pp at m={100 * lo['m']:g}% vs {hi['mean']:.1f} pp at m={100 * hi['m']:g}%.")  # fmt: skip
+    if final is not None and (final["m"] > 0).any() and (final["m"] == 0).any():
+        j = ex._with_baseline(final)
+        dacc = (j["accuracy_clean"] - j["accuracy"]).mean()
+        drec = (j["source_recall_clean"] - j["source_recall"]).mean()
+        out.append(f"The attack is targeted: global accuracy falls far less than source recall: "
+                   f"{'held' if drec > 3 * max(dacc, 0) else 'NOT held'} (mean over poisoned runs: "
+                   f"accuracy −{dacc:.1f} pp, source recall −{drec:.1f} pp).")  # fmt: skip
+    if late is not None and len(late):
+        t4 = ex.table4(late)
+        for (s, t), g in t4.groupby(["src", "tgt"]):
+            g = g.set_index("setting")
+            a, b = g.loc["malicious_in_PR"], g.loc["none_in_PR"]
+            if a["runs"] and b["runs"]:
+                out.append(f"A malicious participant in the last round lowers the final source recall ({s}→{t}): "
+                           f"{'held' if a['mean'] < b['mean'] else 'NOT held'} ({a['mean']:.1f}% over "
+                           f"{int(a['runs'])} runs vs {b['mean']:.1f}% over {int(b['runs'])}).")  # fmt: skip
+    if timing_rounds is not None and len(timing_rounds):
+        summ = ex.timing_summary(timing_rounds, break_round)
+        for (s, t), g in summ.groupby(["src", "tgt"]):
+            g = g.set_index("setting")
+            if {"none", "early", "late"} <= set(g.index):
+                gap_e = g.loc["none", "final"] - g.loc["early", "final"]
+                gap_l = g.loc["none", "mean_after_break"] - g.loc["late", "mean_after_break"]
+                out.append(f"Early poisoning is forgotten, late poisoning is not ({s}→{t}): "
+                           f"{'held' if gap_e < gap_l else 'NOT held'} (final-round gap after early "
+                           f"poisoning {gap_e:+.1f} pp; mean gap after the break with late poisoning {gap_l:+.1f} pp).")  # fmt: skip
+    return out
+
+
+def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = REPO_ROOT, log=print,
+          params_dir: Path | None = None, extra: dict | None = None) -> Path:  # fmt: skip
+    """Write the report of `profile`'s stored runs to `out` (default docs/REPRODUCTION.md).
+    params_dir, extra: as for `flcore.studies.reproduce.execute`."""
+    from flcore.runs.compute import experiment_rounds, plan
+    from flcore.runs.export import import_runs
+    from flcore.runs.runner import resolved, store_key
+    from flcore.studies.plan import _common
+    from flcore.studies.reproduce import _figures_of, _store_of, planned_configs, prepare
+
+    out = out or root / "docs" / "REPRODUCTION.md"
+    out_name, nbs = prepare(profile, None, None, root, params_dir, extra)
+    store = _store_of(nbs)
+    runs_dir = _figures_of(nbs, out_name, root) / "runs"
+    if (runs_dir / "runs.parquet").exists():
+        import_runs(runs_dir, store)
+    per_nb = planned_configs(nbs)
+    everything = [c for cs in per_nb.values() for c in cs]
+    p = plan(everything, store)
+    params = {nb.stem: full for nb, _, full in nbs}
+    results = _load(everything, store)
+
+    def get(cfg):
+        return results.get(store_key(resolved(cfg)))
+
+    final = t2 = late = timing_rounds = None
+    pairs: set = set()
+    break_round = 75
+    p1 = params.get("01_feasibility")
+    if p1 is not None:
+        jobs = ex.feasibility_jobs(p1["pairs"], p1["m_values"], rounds=p1["rounds"], repeats=p1["repeats"],
+                                   baseline_repeats=p1["baseline_repeats"], curves=p1.get("curves", False),
+                                   **_common(p1))  # fmt: skip
+        pairs = {tuple(x) for x in ex.pair_list(p1["pairs"])}
+        got = [(get(c), s, t) for c, s, t in jobs]
+        frames = []
+        for r, s, t in got:
+            if r is None:
+                continue
+            f = ex.final_frame(r, s, t)
+            if p1.get("curves", False):
+                last = ex.last_rounds_recall(r, s)
+                f = f.assign(source_recall_last=f["repeat"].map(last) if last is not None else np.nan)
+            frames.append(f)
+        final = pd.concat(frames, ignore_index=True) if frames else None
+    p3 = params.get("03_timing")
+    if p3 is not None:
+        break_round = p3["break_round"]
+        jobs = ex.timing_jobs(p3["pairs"], p3["m"], rounds=p3["rounds"], repeats=p3["repeats"],
+                              break_round=p3["break_round"], figure_pairs=p3["figure_pairs"],
+                              baseline_repeats=p3["baseline_repeats"], **_common(p3))  # fmt: skip
+        lates, rfs = [], []
+        for c, kind, s, t in jobs:
+            r = get(c)
+            if r is None:
+                continue
+            if kind != "final":
+                rfs.append(ex.round_frame(r, s, t).assign(setting=kind))
+            if c.strategy == "late" and kind != "none":
+                lates.append(ex.final_frame(r))
+        late = pd.concat(lates, ignore_index=True) if lates else None
+        timing_rounds = pd.concat(rfs, ignore_index=True) if rfs else None
+    last = ex.last_rounds(p1["rounds"]) if p1 else 20
+    t2_md, t2 = table2_section(final, pairs, last)
+    m3 = params.get("02_targeting", {}).get("m", 0.1)
+
+    metas = [r.meta for r in results.values()]
+    cpus = sorted({m.get("cpu", "?") for m in metas})
+    wall = sum(float(m.get("wall_s", 0.0)) for m in metas)
+    done_rounds = sum(experiment_rounds(r.config) for r in results.values())
+    lines = [
+        f"# Reproduction at the paper's scale: {profile}",
+        "",
+        f"*Written by `python -m flcore report --profile {profile}` (and by `python -m flcore reproduce "
+        f"--profile {profile}` after rendering) from the stored runs, {time.strftime('%Y-%m-%d')}. "
+        "Do not edit: every number below is recomputed from the runs in "
+        f"[figures/{out_name}/runs/](../figures/{out_name}/runs/).*",
+        "",
+        "## Setting and progress",
+        "",
+        "Fashion-MNIST as in the paper: 200 rounds from initialisation, the full 60,000 / 10,000 "
+        "images, N = 50 participants, k = 5 per round, batch 4, one local epoch, fp32, one torch "
+        "thread per stack of 3 federations (the profile `params/paper-fmnist/`). Loss in source recall "
+        "is paired by repeat: the poisoned and the clean federation of repeat j share partition, "
+        "initial weights, selection and batch order. Confidence intervals are 95% Student-t "
+        "intervals of the mean over repeats; the paper reports no spread for its tables.",
+        "",
+        f"- configurations computed: **{len(p.stored)} of {len(p.configs)}** "
+        f"({done_rounds} of {p.total_rounds} experiment-rounds); the rest is pending, and "
+        f"`python -m flcore reproduce --profile {profile}` continues from here.",
+        f"- computed on: {', '.join(cpus) if cpus else 'nothing yet'}; summed wall time of the stored "
+        f"runs {wall / 3600:.1f} h (each stack's wall time shared by its configurations).",
+        f"- repeats: {p1['repeats'] if p1 else '–'} per poisoned cell, {p1['baseline_repeats'] if p1 else '–'} "
+        "for the clean model (the paper: 10); the `runs` column counts those computed.",
+        "",
+        f"## Table 2: loss in source recall (pp), final round and last {last} rounds",
+        "",
+        "The paper reports the final round. One round swings with whether malicious participants "
+        f"were selected in it, so the mean over the last {last} rounds is given beside it (where the "
+        "poisoned runs were evaluated every round).",
+        "",
+        t2_md,
+        "",
+        f"## Table 3: change due to poisoning at m = {100 * m3:g}% (pp)",
+        "",
+        "The paper's third column (\"all remaining classes\") stands beside both of our readings: "
+        "the summed and the per-class change of the other eight classes.",
+        "",
+        table3_section(final, m3),
+        "",
+        "## Table 4: final source recall (%) of late poisoning, by the last round's participants",
+        "",
+        table4_section(late, pairs),
+        "",
+        "## The paper's findings",
+        "",
+    ]
+    found = findings(final, t2, late, timing_rounds, break_round)
+    lines += [f"- {f}" for f in found] or ["- none can be judged yet: their runs are not computed."]
+    lines += [
+        "",
+        "## Commands",
+        "",
+        "```bash",
+        f"python -m flcore reproduce --profile {profile} --dry-run   # the plan, what is stored, an estimate",
+        f"python -m flcore reproduce --profile {profile}             # compute what is missing, render, export",
+        f"python -m flcore reproduce --profile {profile} --local-cluster 4   # the same on 4 worker processes",
+        f"python -m flcore report --profile {profile}                # this page, from the stored runs",
+        "```",
+        "",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(out)
+    log(f"report: {out} ({len(p.stored)} of {len(p.configs)} configurations stored)")
+    return out
+
+
+def cmd_report(argv: list[str]) -> int:
+    import argparse
+    import sys
+
+    from flcore.studies.reproduce import ParameterError, profiles
+
+    a = argparse.ArgumentParser(prog="python -m flcore report",
+                                description="Write docs/REPRODUCTION.md from a profile's stored runs.")  # fmt: skip
+    a.add_argument("--profile", default="paper-fmnist", choices=profiles())
+    a.add_argument("--out", default=None, help="the Markdown file (default: docs/REPRODUCTION.md)")
+    args = a.parse_args(argv)
+    try:
+        write(args.profile, Path(args.out) if args.out else None)
+    except ParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
