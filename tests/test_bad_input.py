@@ -139,6 +139,10 @@ BAD_PARAMS = [
     ("attack_params", {"sources": [0, 2]}, {"attack": "many_to_one"}, "does not contain src=4"),
     ("attack_params", {"sources": [4, 12]}, {"attack": "many_to_one"}, "class index in 0..9"),
     ("attack_params", {"fraction": 0.5}, {}, "this one takes no options"),
+    ("attack_params", {"size": 28}, {"attack": "backdoor"}, "lower size or margin"),
+    ("attack_params", {"corner": "bottom"}, {"attack": "backdoor"}, "valid: bottom_right"),
+    ("attack_params", {"strength": 1.5}, {"attack": "adaptive_flip"}, "must be in [0, 1]"),
+    ("attack_params", {"every": 0}, {"attack": "adaptive_flip"}, "must be in [1, inf)"),
     ("n_train", 70000, {}, "has only 60000 images"),
     ("n_test", 20000, {"dataset": "cifar10"}, "has only 10000 images"),
 ]

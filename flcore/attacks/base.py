@@ -18,6 +18,16 @@ Randomness comes only from `ctx.uniform()`: float64 draws [G, n] in [0, 1), row 
 stream (seed, repeat, STREAM_ATTACK, global round, participant) of model g, so the fast
 engine (G = all selected participants of all stacked federations) and the reference engine
 (G = 1) draw the same numbers. Successive calls give successive draws.
+
+Two optional hooks:
+
+- a trigger (`stamp` overridden, `has_trigger`): the engines also evaluate the global model on
+  the test images stamped with it and report the attack success rate (`Result.rounds`'
+  `attack_success`);
+- an honest twin (`needs_honest_twin = True`): each malicious model whose labels (or images)
+  `poison` changed this round is trained a second time, from the same start on the same
+  schedule, with its true labels; the engines then send what `craft(honest, poisoned, ctx)`
+  returns (flattened updates [G', P]) instead of the poisoned update.
 """
 
 from __future__ import annotations
@@ -42,6 +52,17 @@ class PoisonContext:
     tgt: torch.Tensor  # int64 [G]: the config's target class (Config.tgt) per model
     num_classes: int
     uniform: Callable[[], torch.Tensor] = field(repr=False, default=None)  # -> float64 [G, n]
+    rnd: int = 0  # the round of this run (1-based) whose schedules these are
+
+
+@dataclass
+class CraftContext:
+    """What `Attack.craft` may know about the G' malicious models whose updates it crafts."""
+
+    src: torch.Tensor  # int64 [G']: the config's source class per model
+    tgt: torch.Tensor  # int64 [G']: the config's target class per model
+    num_classes: int
+    rnd: int  # the round of this run (1-based)
 
 
 class Attack:
@@ -49,6 +70,8 @@ class Attack:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = NoParams
+    # True: the engines train an honest twin of each poisoning malicious model and call `craft`
+    needs_honest_twin: ClassVar[bool] = False
 
     def __init__(self, params: Params, *, src: int, tgt: int, num_classes: int) -> None:
         self.params, self.src, self.tgt, self.num_classes = params, src, tgt, num_classes
@@ -68,6 +91,19 @@ class Attack:
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """x: float images [M, C, H, W] in [0, 1] of the samples selected by `poison`'s mask."""
         raise NotImplementedError(f"attack {self.name!r} returned a stamp mask but has no stamp()")
+
+    @property
+    def has_trigger(self) -> bool:
+        """Whether this attack stamps a trigger (it overrides `stamp`): the engines then also
+        measure the attack success rate on stamped test images."""
+        return type(self).stamp is not Attack.stamp
+
+    def craft(self, honest: torch.Tensor, poisoned: torch.Tensor, ctx: CraftContext) -> torch.Tensor:
+        """Only with `needs_honest_twin`: the update to send, float [G', P], from each poisoning
+        malicious model's honest update (trained on its true labels) and poisoned update
+        (trained on `poison`'s labels), both [G', P]: every floating-point parameter and
+        buffer, returned minus global, flattened in state-dict order."""
+        raise NotImplementedError(f"attack {self.name!r} needs an honest twin but has no craft()")
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", "attack")

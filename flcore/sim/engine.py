@@ -24,6 +24,16 @@ buffer, the round's learning rate) and its own schedule (`server_schedule`), and
 the R server models after the R*k participants' in the same step. Without such a rule nothing
 of this runs.
 
+Two optional attack hooks work the same way. An attack with a trigger (`Attack.has_trigger`)
+makes the engines evaluate each global model also on the stamped test images, for the attack
+success rate (`attack_success`: raw [R, n_eval], and `Plan.attack_success` per federation,
+which `frames` reads). An attack that needs an honest twin (`Attack.needs_honest_twin`) makes
+them train, for each malicious model whose labels or images `poison` changed this round, a
+second model from the same start on the same schedule with the true labels, and send
+`Attack.craft(honest, poisoned)` instead of the poisoned update (`_craft`; the reference engine
+trains the twin right after its model, the fast engine stacks the twins after all other
+models in the same step). Without such an attack nothing of this runs.
+
 Local training (documented choices, docs/SETTING.md):
 - participants are stateless: a fresh SGD momentum buffer every round, and the learning rate
   follows the global round (`Config.lr_at`); with `client_state="persistent"` (the authors'
@@ -42,12 +52,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from flcore.attacks import PoisonContext
+from flcore.attacks import CraftContext, PoisonContext
 from flcore.config import Config
 from flcore.data import augment_crop_flip, normalize
 from flcore.sim.aggregation import Aggregation
 from flcore.sim.device import autocast, dtype_of, to_dtype
-from flcore.sim.metrics import confusion_counts
+from flcore.sim.metrics import attack_success_rate, confusion_counts
 from flcore.sim.models import (
     architecture,
     build_model,
@@ -105,6 +115,10 @@ def frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarr
     rnd = np.arange(1, T + 1)
     diverged = rnd[None, :] >= diverged_at[:, None]
     acc[diverged] = np.nan
+    asr = np.full((R, T), np.nan)  # a trigger's attack success rate (%), in evaluated rounds
+    if plan.attack_success is not None:
+        asr[:, eval_rounds - 1] = plan.attack_success
+        asr[diverged] = np.nan
     rounds = pd.DataFrame(
         {
             "repeat": np.repeat(np.arange(R), T),
@@ -115,6 +129,7 @@ def frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarr
                    np.concatenate([learning_rates(cfg, plan.selected[j]).mean(1) for j in range(R)])),  # fmt: skip
             "train_loss": losses.reshape(-1),
             "diverged": diverged.reshape(-1),
+            "attack_success": asr.reshape(-1),
         }
     )
     C = confusion.shape[-1]
@@ -158,6 +173,10 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
     src1, tgt1 = torch.tensor([cfg.src], device=device), torch.tensor([cfg.tgt], device=device)
     finals = []
     persistent = cfg.client_state == "persistent"
+    if persistent and attack.needs_honest_twin:  # Config rejects it (flcore.attacks.adaptive_flip)
+        raise ValueError("an attack with an honest twin trains statelessly: use client_state='stateless'")
+    fkeys = float_keys(plan.init[0])
+    asr = np.full((R, len(eval_rounds)), np.nan) if attack.has_trigger else None
     for j in range(R):
         global_state = to_dtype(plan.init[j], dtype, device)
         lrs = learning_rates(cfg, plan.selected[j])  # [rounds, k]
@@ -176,7 +195,7 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 mal = torch.tensor([bool(plan.is_malicious[j, p])], device=device)
                 draws = AttackDraws([(cfg, j, int(p))], r, [len(order)], len(order), device)
                 labels, stamp = attack.poison(y_train[order][None], PoisonContext(
-                    mal, src1, tgt1, cfg.num_classes, draws))  # fmt: skip
+                    mal, src1, tgt1, cfg.num_classes, draws, rnd=r))  # fmt: skip
                 labels, stamp = labels[0], None if stamp is None else stamp[0]
                 total = _train_reference(cfg, model, opt, x_train, order, labels, stamp, flips, offsets,
                                          attack, data, dtype, device, precision)  # fmt: skip
@@ -184,6 +203,18 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                 if persistent:
                     momentum[int(p)] = [opt.state[q]["momentum_buffer"].clone() for q in model.parameters()]
                 returned.append({kk: v.detach().clone() for kk, v in model.state_dict().items()})
+                if attack.needs_honest_twin and mal[0] and ((labels != y_train[order]).any() or (
+                        stamp is not None and stamp.any())):  # fmt: skip  (its honest twin)
+                    model.load_state_dict(global_state)
+                    opt = torch.optim.SGD(model.parameters(), lr=float(lrs[r - 1, s]), momentum=cfg.momentum)
+                    _train_reference(cfg, model, opt, x_train, order, y_train[order], None, flips, offsets,
+                                     attack, data, dtype, device, precision)  # fmt: skip
+                    twin_state = model.state_dict()
+                    honest = {kk: twin_state[kk].detach().clone()[None] for kk in fkeys}
+                    crafted = _craft(attack, {kk: global_state[kk][None] for kk in fkeys}, honest,
+                                     {kk: returned[-1][kk][None] for kk in fkeys},
+                                     CraftContext(src1, tgt1, cfg.num_classes, r))  # fmt: skip
+                    returned[-1].update({kk: v[0] for kk, v in crafted.items()})
                 if updates is not None:
                     delta = returned[-1][w_name] - global_state[w_name]
                     one = _update_rows(cfg, delta[None, None], torch.tensor([cfg.src], device=delta.device))
@@ -211,13 +242,21 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
                     for b in range(0, len(yt), 1000):
                         preds.append(model(normalize(xt[b : b + 1000], data.mean, data.std, dtype)).argmax(1))
                 confusion[j, e] = confusion_counts(yt, torch.cat(preds)).cpu().numpy()
+                if asr is not None:  # the same images with the trigger
+                    preds = []
+                    with torch.no_grad(), autocast(device, precision):
+                        for b in range(0, len(yt), 1000):
+                            xs = attack.stamp(xt[b : b + 1000].to(dtype) / 255.0)
+                            preds.append(model(normalize(xs, data.mean, data.std, dtype)).argmax(1))
+                    asr[j, e] = attack_success_rate(yt, torch.cat(preds)[None], tgt1)[0]
                 e += 1
             if progress is not None:
                 progress.update(1)
         finals.append(global_state)
+    _record_attack_success([(cfg, plan, j) for j in range(R)], asr)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
                 diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
-                model=_kept_model(cfg, stack_states(finals)))  # fmt: skip
+                model=_kept_model(cfg, stack_states(finals)), attack_success=asr)  # fmt: skip
 
 
 def _train_reference(cfg: Config, model, opt, x_train, order, labels, stamp, flips, offsets, attack, data,
@@ -243,6 +282,43 @@ def _train_reference(cfg: Config, model, opt, x_train, order, labels, stamp, fli
         opt.step()
         total += loss.item()
     return total
+
+
+def _craft(attack, glob: dict, honest: dict, poisoned: dict, ctx: CraftContext) -> dict:
+    """The models that send `attack.craft`'s updates, for G' poisoning malicious models.
+
+    glob, honest, poisoned: floating-point state name -> [G', ...], the global model each
+    started from, its honest twin and itself. `craft` gets the updates (minus global) flattened
+    in that order, [G', P]; each coordinate of its answer becomes glob + sent, except one equal
+    to the honest or the poisoned update, which keeps that model's own value, so sending either
+    update sends exactly that model (no rounding of glob + (model - glob))."""
+    n = len(ctx.src)
+    h = torch.cat([(honest[kk] - glob[kk]).reshape(n, -1) for kk in glob], 1)
+    p = torch.cat([(poisoned[kk] - glob[kk]).reshape(n, -1) for kk in glob], 1)
+    sent = attack.craft(h, p, ctx)
+    if sent.shape != h.shape or sent.dtype != h.dtype:
+        raise ValueError(f"attack {attack.name!r}: craft() returned {tuple(sent.shape)} {sent.dtype}, "
+                         f"expected the updates' {tuple(h.shape)} {h.dtype}")  # fmt: skip
+    out, offset = {}, 0
+    for kk, g in glob.items():
+        size = g[0].numel()
+        sl = slice(offset, offset + size)
+        s_, h_, p_ = (t[:, sl].reshape(g.shape) for t in (sent, h, p))
+        out[kk] = torch.where(s_ == h_, honest[kk], torch.where(s_ == p_, poisoned[kk], g + s_))
+        offset += size
+    return out
+
+
+def _record_attack_success(feds: list, asr: np.ndarray | None) -> None:
+    """Each federation's attack success rates [n_eval] into its plan (`Plan.attack_success`;
+    None without a trigger), replacing what an earlier simulation of that plan left there."""
+    fresh = set()
+    for i, (c, pl, j) in enumerate(feds):
+        if id(pl) not in fresh:
+            fresh.add(id(pl))
+            pl.attack_success = None if asr is None else np.full((c.repeats, asr.shape[1]), np.nan)
+        if asr is not None:
+            pl.attack_success[j] = asr[i]
 
 
 def _kept_model(cfg: Config, glob: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
@@ -293,14 +369,16 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     G = R * k
     aggregate = Aggregation(cfg, feds, float_keys(plan.init[0]))
     server = aggregate.root_size > 0  # FLTrust: R server models stacked after the G participants
-    M = G + R if server else G  # models trained at once
+    M_base = G + R if server else G  # models trained at once (then the round's honest twins)
+    attack = cfg.build_attack()
     C, H, W = data.x_train.shape[1:]
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     dtype = dtype_of(precision)
-    mean = torch.tensor(data.mean, dtype=dtype, device=device).repeat(M).view(1, M * C, 1, 1)
-    std = torch.tensor(data.std, dtype=dtype, device=device).repeat(M).view(1, M * C, 1, 1)
-    mean_e, std_e = mean[:, : R * C], std[:, : R * C]
+    most = M_base + (G if attack.needs_honest_twin else 0)
+    mean_all = torch.tensor(data.mean, dtype=dtype, device=device).repeat(most).view(1, most * C, 1, 1)
+    std_all = torch.tensor(data.std, dtype=dtype, device=device).repeat(most).view(1, most * C, 1, 1)
+    mean_e, std_e = mean_all[:, : R * C], std_all[:, : R * C]
     eval_rounds = np.asarray(cfg.eval_rounds())
     test_set = _test_sets(cfg, x_test, y_test)
     confusion = np.zeros((R, len(eval_rounds), cfg.num_classes, cfg.num_classes), np.int64)
@@ -315,11 +393,14 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     tgt_t = torch.tensor([c.tgt for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
     cl = torch.channels_last
     chunk = _eval_chunk(R, spec[0].args[1], H * W)
-    attack = cfg.build_attack()
     augment = cfg.spec.augment
     persistent = cfg.client_state == "persistent"
     if persistent and server:  # Config rejects it (flcore.defenses.fltrust)
         raise ValueError("a root-set rule's server trains statelessly: use client_state='stateless'")
+    if persistent and attack.needs_honest_twin:  # Config rejects it (flcore.attacks.adaptive_flip)
+        raise ValueError("an attack with an honest twin trains statelessly: use client_state='stateless'")
+    asr = np.full((R, len(eval_rounds)), np.nan) if attack.has_trigger else None
+    tgt_f = tgt_t[::k, 0]  # [R]: each federation's target
     lr_tables = [learning_rates(c, pl.selected[j]) for c, pl, j in feds] if persistent else None
     fed_of = torch.arange(R, device=device).repeat_interleave(k)  # [G]: the model's federation
     momentum = None  # persistent: [R, N, ...] buffers per parameter, by participant
@@ -350,15 +431,29 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
             n_max = max(len(o) for o in orders)
             orders, flips, offsets = ([pad_like_schedule(t, n_max) for t in ts] for ts in (orders, flips, offsets))
         order = torch.stack(orders).to(device)  # [M, n]
+        mal_t = torch.tensor(mal_rows, device=device)
         labels, stamp = attack.poison(y_train[order[:G]], PoisonContext(
-            torch.tensor(mal_rows, device=device), src_t[:, 0], tgt_t[:, 0], cfg.num_classes,
-            AttackDraws(models, r, lengths, order.shape[1], device)))  # fmt: skip
+            mal_t, src_t[:, 0], tgt_t[:, 0], cfg.num_classes,
+            AttackDraws(models, r, lengths, order.shape[1], device), rnd=r))  # fmt: skip
         if server:  # the server's labels are clean
             labels = torch.cat([labels, y_train[order[G:]]])
             if stamp is not None:
                 stamp = torch.cat([stamp, torch.zeros_like(stamp[:R])])
         flips_t = torch.stack(flips).to(device)
         offsets_t = torch.stack(offsets).to(device)
+        M, twin = M_base, None
+        if attack.needs_honest_twin:  # an honest twin of each poisoning malicious model, stacked last
+            changed = (labels[:G] != y_train[order[:G]]).any(1)
+            if stamp is not None:
+                changed |= stamp[:G].any(1)
+            twin = torch.nonzero(mal_t & changed).flatten()  # rows of the G participants
+            order = torch.cat([order, order[twin]])
+            labels = torch.cat([labels, y_train[order[twin]]])  # true labels, unstamped images
+            if stamp is not None:
+                stamp = torch.cat([stamp, torch.zeros_like(stamp[twin])])
+            flips_t, offsets_t, n_steps = (torch.cat([t, t[twin]]) for t in (flips_t, offsets_t, n_steps))
+            M += len(twin)
+        mean, std = mean_all[:, : M * C], std_all[:, : M * C]
         steps = order.shape[1] // B
         stat_keys = [kk for kk in fkeys if kk.endswith(("running_mean", "running_var"))] if ragged else []
 
@@ -366,6 +461,8 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         state = {kk: v.repeat_interleave(k, 0) for kk, v in glob.items()}  # [G, ...]
         if server:
             state = {kk: torch.cat([v, glob[kk]]) for kk, v in state.items()}  # [M, ...]
+        if twin is not None:  # each twin starts where its participant starts
+            state = {kk: torch.cat([v, v[twin]]) for kk, v in state.items()}
         params = [state[kk].requires_grad_() for kk in param_keys]
         mom = cfg.momentum
         if persistent:
@@ -431,6 +528,13 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
         if persistent:  # each participant's optimizer state, kept for its next selection
             for m, b in zip(momentum, bufs):
                 m[fed_of, pid] = b
+        if twin is not None and len(twin):  # each poisoning model sends what the attack crafts
+            with torch.no_grad():
+                crafted = _craft(attack, {kk: glob[kk][fed_of[twin]] for kk in fkeys},
+                                 {kk: state[kk][M_base:] for kk in fkeys}, {kk: state[kk][twin] for kk in fkeys},
+                                 CraftContext(src_t[twin, 0], tgt_t[twin, 0], cfg.num_classes, r))  # fmt: skip
+                for kk, v in crafted.items():
+                    state[kk][twin] = v
         losses[:, r - 1] = (loss_sum[:G] / n_steps[:G].clamp(min=1)).view(R, k).mean(1).cpu().numpy()
 
         # --- aggregation --------------------------------------------------------------------
@@ -439,7 +543,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                 delta = state[w_name][:G].view(R, k, *state[w_name].shape[1:]) - glob[w_name].unsqueeze(1)
                 updates[:, r - 1] = _update_rows(cfg, delta, src_t[::k, 0]).cpu().numpy()
             local = {kk: v[:G].view(R, k, *v.shape[1:]) for kk, v in state.items()}
-            glob = aggregate(r, glob, local, list(range(R)), {kk: v[G:] for kk, v in state.items()} if server else None)
+            glob = aggregate(r, glob, local, list(range(R)), {kk: v[G:M_base] for kk, v in state.items()} if server else None)
             finite = torch.stack([torch.isfinite(glob[kk]).view(R, -1).all(1) for kk in fkeys]).all(0)
             for j in np.flatnonzero(~finite.cpu().numpy()):
                 diverged_at[j] = min(diverged_at[j], r)
@@ -456,9 +560,18 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                         preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
                 pred = torch.cat(preds, dim=1)  # [R, n_test]
                 confusion[:, e] = confusion_counts(yt.expand(R, -1), pred).cpu().numpy()
+                if asr is not None:  # the same images with the trigger
+                    preds = []
+                    with autocast(device, precision):
+                        for b in range(0, len(yt), chunk):
+                            xs = attack.stamp(xt[b : b + chunk].to(dtype) / 255.0)
+                            xs = ((xs.repeat(1, R, 1, 1) - mean_e) / std_e).contiguous(memory_format=cl)
+                            preds.append(stacked_forward(spec, glob, xs, R, training=False).argmax(-1))
+                    asr[:, e] = attack_success_rate(yt, torch.cat(preds, dim=1), tgt_f)
                 e += 1
         if progress is not None:
             progress.update(1)
+    _record_attack_success(feds, asr)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
                 diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
-                model=_kept_model(cfg, glob), aggregation=aggregate)  # fmt: skip
+                model=_kept_model(cfg, glob), aggregation=aggregate, attack_success=asr)  # fmt: skip

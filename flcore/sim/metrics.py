@@ -22,6 +22,18 @@ def confusion_counts(y: torch.Tensor, pred: torch.Tensor, num_classes: int = 10)
     return counts.view(*lead, num_classes, num_classes)
 
 
+def attack_success_rate(y: torch.Tensor, pred: torch.Tensor, tgt: torch.Tensor) -> np.ndarray:
+    """ASR (%) of a backdoor: the share of triggered test images of every class other than the
+    target that are classified as the target. y: true labels [n]; pred: predictions on the
+    triggered images [R, n]; tgt: the target per row [R]. -> float64 [R] (NaN without such
+    images)."""
+    other = y[None, :] != tgt[:, None]  # [R, n]
+    hits = ((pred == tgt[:, None]) & other).sum(1).cpu().numpy()
+    n = other.sum(1).cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, 100.0 * hits / np.maximum(n, 1), np.nan)
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
     """int64 [C, C] counts of (true, predicted) pairs (arrays, lists or tensors)."""
     y_true = torch.as_tensor(np.asarray(torch.as_tensor(y_true).cpu(), dtype=np.int64))

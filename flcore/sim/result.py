@@ -21,9 +21,12 @@ class Result:
 
     rounds:     DataFrame, one row per (repeat, round): accuracy (M_acc, %), n_malicious
                 (malicious participants selected), lr, train_loss (mean over the selected
-                participants' batches), diverged (bool); accuracy is NaN in rounds that
-                were not evaluated (`eval_every`), or only on some classes
-                (`eval_classes`), and after a divergence.
+                participants' batches), diverged (bool), attack_success (%, an attack
+                with a trigger: the share of the evaluated test images of every class but
+                tgt that, stamped with it, are classified as tgt; NaN for an attack without
+                a trigger); accuracy and attack_success are NaN in rounds that were not
+                evaluated (`eval_every`) and after a divergence, accuracy also in rounds
+                evaluated only on some classes (`eval_classes`).
     recall:     DataFrame, one row per (repeat, evaluated round, class): recall (%); NaN for
                 a class that round did not evaluate (`eval_classes`).
     confusion:  int64 [repeats, n_eval, C, C] (true class, predicted class).
@@ -85,9 +88,12 @@ class Result:
 
     @classmethod
     def from_store(cls, config: Config, frames: dict, arrays: dict, meta: dict) -> Result:
+        rounds = frames["rounds"]
+        if "attack_success" not in rounds:  # stored before the column existed: no trigger attack
+            rounds = rounds.assign(attack_success=np.nan)
         return cls(
             config=config,
-            rounds=frames["rounds"],
+            rounds=rounds,
             recall=frames["recall"],
             confusion=arrays["confusion"],
             eval_rounds=arrays["eval_rounds"],
