@@ -13,8 +13,10 @@ tolerance, and exactly in fp64:
   all of them, and all federations' global models are evaluated in one batched pass.
 
 Each engine calls every extension hook in exactly one place: the attack's `poison` (labels
-of a local schedule) and `stamp` (images, for a trigger), and `Aggregation` (the defense's
-`filter`, then the aggregation rule). Every random draw comes from the plan's streams.
+of a local schedule), `stamp` (images, for a trigger: training images, and once more the test
+images for the attack success rate) and `craft` (an honest twin's attack), and `Aggregation`
+(the defense's `filter`, then the aggregation rule). Every random draw comes from the plan's
+streams.
 
 A rule with a root set (FLTrust, `Aggregator.root_size() > 0`) needs the server's own update:
 each round the engines also train one server model per federation from the global model on
