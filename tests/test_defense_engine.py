@@ -9,7 +9,7 @@ import pytest
 
 from flcore import Config, run
 from flcore.defenses.detector import evaluate_detection
-from flcore.studies.experiments import DEFENSES, blocking_frame, defense_config
+from flcore.studies.experiments import COMPARISON_DEFENSES, DEFENSES, blocking_frame, defense_config
 
 RULES = {"median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"f": 1}, "multi_krum": {"f": 1},
          "foolsgold": {}}  # fmt: skip
@@ -78,7 +78,11 @@ def test_defense_config_names_and_params():
     assert defense_config(cfg, "multi_krum", {"multi_krum": {"m": 3}}).aggregator_params == {"f": 1, "m": 3}
     p = defense_config(cfg, "pca", pca_params={"start_round": 3})
     assert p.defense == "pca" and p.defense_params == {"start_round": 3}
-    assert set(DEFENSES) == {"none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold"}
+    assert set(COMPARISON_DEFENSES) == {"none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold"}
+    assert set(DEFENSES) == set(COMPARISON_DEFENSES) | {"geometric_median", "bulyan", "centered_clipping",
+                                                        "flame", "fltrust"}  # fmt: skip
+    for name in DEFENSES:  # every name makes a valid Config (checked when it is made)
+        assert defense_config(cfg, name).replace(m=0.1).m == 0.1
     with pytest.raises(ValueError, match="did you mean 'median'"):
         defense_config(cfg, "medain")
 

@@ -389,9 +389,20 @@ DEFENSES = {
     "trimmed_mean": {"aggregator": "trimmed_mean", "aggregator_params": {"beta": 0.2}},
     "multi_krum": {"aggregator": "multi_krum", "aggregator_params": {"f": 1}},
     "foolsgold": {"aggregator": "foolsgold"},
+    # the later rules (notebook 07's paper profile), at their defaults (docs/DEFENSE.md). With
+    # k = 5, Bulyan admits only f = 0 (it needs k >= 4f + 3), where it is the mean.
+    "geometric_median": {"aggregator": "geometric_median"},
+    "bulyan": {"aggregator": "bulyan"},
+    "centered_clipping": {"aggregator": "centered_clipping"},
+    "flame": {"aggregator": "flame"},
+    "fltrust": {"aggregator": "fltrust"},  # the server's root set is taken out of the shares
 }
 DEFENSE_LABEL = {"none": "no defense", "pca": "PCA detector + blocking", "median": "median",
-                 "trimmed_mean": "trimmed mean", "multi_krum": "Multi-Krum", "foolsgold": "FoolsGold"}  # fmt: skip
+                 "trimmed_mean": "trimmed mean", "multi_krum": "Multi-Krum", "foolsgold": "FoolsGold",
+                 "geometric_median": "geometric median", "bulyan": "Bulyan",
+                 "centered_clipping": "centered clipping", "flame": "FLAME", "fltrust": "FLTrust"}  # fmt: skip
+# notebook 06's default list (the rules it was written for)
+COMPARISON_DEFENSES = ("none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold")
 _DETECTION_METRICS = ("precision", "recall", "f1", "fpr", "roc_auc")
 _DETECTION_COUNTS = ("tp", "fp", "tn", "fn")
 
@@ -466,7 +477,7 @@ def blocking_frame(res: Result) -> pd.DataFrame:
     return out
 
 
-def defense_comparison(pairs, m_values, defenses=tuple(DEFENSES), *, rounds: int, repeats: int,
+def defense_comparison(pairs, m_values, defenses=COMPARISON_DEFENSES, *, rounds: int, repeats: int,
                        aggregator_params: dict | None = None, pca_params: dict | None = None,
                        store="results", progress=True, **base) -> pd.DataFrame:  # fmt: skip
     """Final metrics of every pair × defense × m, m = 0 (the clean-run cost) always included.
@@ -486,7 +497,7 @@ def defense_comparison(pairs, m_values, defenses=tuple(DEFENSES), *, rounds: int
     return pd.concat(frames, ignore_index=True)
 
 
-def defense_comparison_jobs(pairs, m_values, defenses=tuple(DEFENSES), *, rounds: int, repeats: int,
+def defense_comparison_jobs(pairs, m_values, defenses=COMPARISON_DEFENSES, *, rounds: int, repeats: int,
                             aggregator_params: dict | None = None, pca_params: dict | None = None,
                             **base) -> list[tuple[Config, str]]:  # fmt: skip
     """The runs of `defense_comparison`, without training: (config, defense name)."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from flcore.config import Config
 from flcore.studies import experiments as ex
+from flcore.studies import noniid as nx
 
 # the parameters every notebook has (tools/build_notebooks.py, COMMON) that reach Config
 _COMMON = ("seed", "n_train", "n_test", "warm_start", "device", "precision")
@@ -63,6 +64,13 @@ def _defense_comparison(p: dict) -> list[Config]:
     return [c for c, _ in jobs]
 
 
+def _noniid(p: dict) -> list[Config]:
+    jobs = nx.noniid_jobs(p["pairs"], p["m_values"], p["betas"], p["defenses"], rounds=p["rounds"],
+                          repeats=p["repeats"], aggregator_params=p["aggregator_params"],
+                          pca_params=p["pca_params"], **_common(p))  # fmt: skip
+    return [c for c, _, _ in jobs]
+
+
 # notebook stem -> the function that lists its runs from its parameters
 STUDIES: dict[str, Callable[[dict], list[Config]]] = {
     "01_feasibility": _feasibility,
@@ -71,6 +79,7 @@ STUDIES: dict[str, Callable[[dict], list[Config]]] = {
     "04_availability": _availability,
     "05_defense": _defense,
     "06_defense_comparison": _defense_comparison,
+    "07_noniid": _noniid,
 }
 
 

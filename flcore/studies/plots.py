@@ -190,3 +190,78 @@ def fig_defense_comparison(final: pd.DataFrame, order=None, labels=None):
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.08 / len(groups), 1, 1))
     return fig
+
+
+def _shares(beta: float) -> str:
+    return "iid (β = ∞)" if np.isinf(beta) else f"Dirichlet β = {beta:g}"
+
+
+def fig_noniid_damage(table: pd.DataFrame, order=None, labels=None):
+    """Notebook 07: damage (source recall of the clean undefended run at the same β minus this
+    run's, pp) and the loss in M_acc against m for each defense, one column per β (iid first)
+    and two rows per pair; m = 0 is the defense's clean-run cost. Mean over repeats, error bars
+    = standard deviation (`noniid.noniid_table`)."""
+    t = table[table["metric"].isin(["damage", "accuracy_loss"])]
+    pairs = list(t.groupby(["dataset", "src", "tgt"], sort=True))
+    betas = sorted(t["beta"].unique(), reverse=True)
+    order = [d for d in (order or list(dict.fromkeys(t["defense"]))) if d in set(t["defense"])]
+    labels = labels or {}
+    colors = dict(zip(order, sns.color_palette("tab10", len(order))))
+    fig, axes = plt.subplots(2 * len(pairs), len(betas), figsize=(3.6 * len(betas), 3.0 * 2 * len(pairs)),
+                             squeeze=False, sharey="row")  # fmt: skip
+    for p, ((d, s, tg), g) in enumerate(pairs):
+        for r, (metric, name) in enumerate((("damage", "source recall loss (pp)"), ("accuracy_loss", "M_acc loss (pp)"))):
+            for c, b in enumerate(betas):
+                ax = axes[2 * p + r, c]
+                gb = g[(g["metric"] == metric) & (g["beta"] == b)]
+                ms = sorted(gb["m"].unique())
+                for i, dname in enumerate(order):
+                    v = gb[gb["defense"] == dname].set_index("m").reindex(ms)
+                    x = np.arange(len(ms)) + (i - (len(order) - 1) / 2) * 0.8 / max(1, len(order))
+                    ax.errorbar(x, v["mean"], yerr=v["std"].fillna(0), marker="o", markersize=4, linewidth=1,
+                                capsize=2, color=colors[dname], label=labels.get(dname, dname))  # fmt: skip
+                ax.axhline(0, color="k", linewidth=0.8, linestyle="--")
+                ax.set_xticks(np.arange(len(ms)), [f"{100 * m:g}" for m in ms])
+                ax.set(title=f"{pair_title(d, s, tg)}, {_shares(b)}", xlabel="malicious participants m (%)",
+                       ylabel=name if c == 0 else "")  # fmt: skip
+                ax.title.set_fontsize("small")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.06 / len(pairs), 1, 1))
+    return fig
+
+
+def fig_noniid_roc(curves: pd.DataFrame, roc_table: pd.DataFrame | None = None, level: str = "update"):
+    """Notebook 07: ROC curves of the offline PCA detector's scores on the undefended runs'
+    recorded source-row updates, one curve per β (mean over repeats, `noniid.roc_curve_table`),
+    one panel per (pair, m); the legend gives the ROC AUC (mean ± sd over repeats)."""
+    c = curves[curves["level"] == level]
+    groups = list(c.groupby(["dataset", "src", "tgt", "m"], sort=True))
+    fig, axes = _panels(max(1, len(groups)), width=4.0, height=3.8)
+    if not groups:
+        axes[0].text(0.5, 0.5, "no run with malicious and honest updates", ha="center", va="center")
+    betas = sorted(c["beta"].unique(), reverse=True)
+    colors = dict(zip(betas, sns.color_palette("viridis_r", len(betas))))
+    for ax, ((d, s, t, m), g) in zip(axes, groups):
+        for b in betas:
+            gb = g[g["beta"] == b].sort_values("fpr")
+            if gb.empty:
+                continue
+            lab = "iid" if np.isinf(b) else f"β = {b:g}"
+            if roc_table is not None:
+                r = roc_table[(roc_table["dataset"] == d) & (roc_table["src"] == s) & (roc_table["tgt"] == t)
+                              & (roc_table["beta"] == b) & np.isclose(roc_table["m"], m)
+                              & (roc_table["level"] == level)]  # fmt: skip
+                if len(r) and np.isfinite(r["roc_auc"].iloc[0]):
+                    sd = r["roc_auc_std"].iloc[0]
+                    lab += f": AUC {r['roc_auc'].iloc[0]:.2f}" + (f" ± {sd:.2f}" if np.isfinite(sd) else "")
+            ax.plot(gb["fpr"], gb["tpr"], color=colors[b], linewidth=1.5, label=lab)
+            ax.fill_between(gb["fpr"], (gb["tpr"] - gb["tpr_std"].fillna(0)).clip(0, 1),
+                            (gb["tpr"] + gb["tpr_std"].fillna(0)).clip(0, 1), color=colors[b], alpha=0.12)  # fmt: skip
+        ax.plot([0, 1], [0, 1], color="k", linestyle=":", linewidth=0.8)
+        ax.set(title=f"{pair_title(d, s, t)}, m={100 * m:g}% (per {level})", xlabel="false-positive rate",
+               ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+        ax.title.set_fontsize("small")
+        ax.legend(fontsize="x-small", loc="lower right")
+    fig.tight_layout()
+    return fig
