@@ -29,12 +29,15 @@ TINY = {
     "06_defense_comparison": {"repeats": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.2, 0.4],
                               "defenses": ["none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold"],
                               "pca_params": {"start_round": 2, "min_rows": 10}},
+    "07_noniid": {"repeats": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.4], "betas": ["iid", 0.5],
+                  "defenses": ["pca", "median"], "pca_params": {"start_round": 2, "min_rows": 10}},
 }  # fmt: skip
 FIGURES = ["fig1_feasibility", "fig2_acc_vs_recall", "fig3_early_poisoning", "fig4_late_poisoning",
            "fig5_availability", "fig6_alpha_rounds", "fig7_recall_change", "fig8_defense_pca",
-           "fig_defense_comparison"]  # fmt: skip
+           "fig_defense_comparison", "fig_noniid_damage", "fig_noniid_roc"]  # fmt: skip
 TABLES = ["table2_source_recall_loss", "table3_targeting", "table4_final_source_recall",
-          "table_defense_detection", "table_defense_comparison"]
+          "table_defense_detection", "table_defense_comparison", "table_noniid", "table_noniid_roc",
+          "table_noniid_roc_curve"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -153,17 +156,48 @@ def test_defense_comparison_table_sane(workbook):
     assert t.loc[t["defense"] != "pca", "blocked"].isna().all()
 
 
+def test_noniid_tables_sane(workbook):
+    t = _table(workbook, "table_noniid")
+    p = TINY["07_noniid"]
+    assert {"dataset", "src", "tgt", "beta", "shares", "defense", "m", "metric", "mean", "std", "runs"} <= set(t.columns)
+    # every beta (iid written as inf), every defense ("none" always added) at m = 0 and every m
+    assert set(t["beta"]) == {float("inf"), 0.5} and set(t.loc[t["beta"] == float("inf"), "shares"]) == {"iid"}
+    assert set(t["defense"]) == {"none", *p["defenses"]}
+    assert all(sorted(g["m"].unique()) == [0.0, 0.4] for _, g in t.groupby(["beta", "defense"]))
+    assert {"damage", "accuracy_loss", "tpr", "fpr", "source_recall", "accuracy"} <= set(t["metric"])
+    assert not t.duplicated(["dataset", "src", "tgt", "beta", "defense", "m", "metric"]).any()
+    rates = t[t["metric"].isin(["tpr", "fpr"])]
+    assert rates["mean"].dropna().between(0, 1).all()
+    # the PCA defense's FPR is defined at every setting, and no aggregation rule flags anybody
+    assert rates.loc[(rates["defense"] == "pca") & (rates["metric"] == "fpr"), "runs"].eq(2).all()
+    assert rates.loc[rates["defense"] != "pca", "mean"].isna().all()
+    other = t[~t["metric"].isin(["tpr", "fpr", "blocked", "blocked_malicious"])]
+    assert (other["runs"] >= 1).all() and other["mean"].notna().all()
+    clean = t[(t["defense"] == "none") & (t["m"] == 0) & t["metric"].isin(["damage", "accuracy_loss"])]
+    assert clean["mean"].abs().max() < 1e-9
+    r = _table(workbook, "table_noniid_roc")
+    assert set(r["beta"]) == {float("inf"), 0.5} and set(r["level"]) == {"update", "participant"}
+    assert (r["runs"] >= 1).all() and r["roc_auc"].dropna().between(0, 1).all()
+    c = _table(workbook, "table_noniid_roc_curve")
+    assert c["tpr"].between(0, 1).all() and c["fpr"].between(0, 1).all()
+
+
 def test_baseline_trained_once(workbook):
     """01, 02 and 03 share one clean baseline (one store entry with m = 0)."""
     from flcore.runs.store import Store
 
     finals = Store(workbook[0] / "results").table("final")
-    # the clean warm-up (keep_model) trains once for every notebook of the same data subset
+    # the clean warm-up (keep_model) trains once for every notebook of the same data subset and
+    # shares; 07's Dirichlet shares have one each
     warm = finals["keep_model"].astype(bool)
-    assert finals.loc[warm, "key"].nunique() == 1 and (finals.loc[~warm, "warm_start"] == 2).all()
-    finals = finals[~warm]
+    iid = finals["partition"] == "iid"
+    assert finals.loc[warm & iid, "key"].nunique() == 1 and (finals.loc[~warm, "warm_start"] == 2).all()
+    assert finals.loc[warm & ~iid, "key"].nunique() == len(TINY["07_noniid"]["betas"]) - 1
+    finals = finals[~warm & iid]
     # 06 runs its own m = 0 runs per defense (on the attacked pair); the shared one has no defense
+    # (07's clean iid run records the updates, so it is another configuration)
     plain = (finals["m"] == 0) & finals["defense"].isna() & (finals["aggregator"] == "fedavg")
+    plain &= finals["record_updates"] == "none"
     shared = plain & (finals["src"] == ex.BASELINE_PAIR[0]) & (finals["tgt"] == ex.BASELINE_PAIR[1])
     assert finals.loc[shared, "key"].nunique() == 1
     assert finals.loc[plain & ~shared, "key"].nunique() <= 1  # 06's clean run without defense

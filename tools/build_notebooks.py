@@ -1,4 +1,4 @@
-"""Generates notebooks/01..06 (no outputs). Run: .venv/bin/python tools/build_notebooks.py"""
+"""Generates notebooks/01..07 (no outputs). Run: .venv/bin/python tools/build_notebooks.py"""
 from pathlib import Path
 
 import nbformat as nbf
@@ -243,6 +243,59 @@ pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.defen
     ("md", "## Reading"),
     ("code", "display(Markdown(ex.agreement_comparison(tc) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
              "                 + ex.data_note(final[\"dataset\"])))"),
+]
+
+NB["07_noniid"] = [
+    ("md", "# 07 Non-iid shares: label flipping and the defenses when participants' data differ\n\n"
+     "**Question.** The paper splits the training set iid. When each participant's share is drawn from "
+     "Dirichlet(β) class proportions (small β: each participant holds a few classes), how much damage "
+     "does the targeted label flip do, what does each defense cost on a clean run, and can the PCA "
+     "detector still tell malicious from honest updates? β = ∞ is the iid split.\n\n"
+     "**Measured per β.** *Damage*: the source recall of the clean run without defense at the same β "
+     "minus this run's, paired by repeat (at m = 0 it is the defense's clean-run cost; the M_acc loss "
+     "likewise). *Exclusions*: of the participant-rounds (one participant selected in one round), the "
+     "fraction of malicious ones (TPR) and of honest ones (FPR) the defense left out of the aggregate "
+     "(`Result.excluded`; only the PCA defense flags participants, the aggregation rules get NaN). "
+     "*Offline detection*: the PCA detector (notebook 05's, rule `smaller`) fitted on the recorded "
+     "source-row updates of the undefended poisoned runs, scored by ROC curves and their AUC.\n\n"
+     "**Warm start.** `pretrain_config` keeps the partition, so with `warm_start` each β has its own "
+     "clean warm-up, trained on the same Dirichlet(β) shares (β = ∞: the iid warm-up the other notebooks "
+     "share). The whole federation, warm-up included, runs on the β shares.\n\n"
+     "**Paper.** Not studied: the paper's shares are iid. The quick profile runs a subset of the "
+     "defenses (see its parameters); the paper profile runs all of them."),
+    params('''rounds = 3  # R: global rounds after the warm-up (the paper: 200)
+repeats = 2
+pairs = [["fmnist", 4, 6]]
+m_values = [0.3]  # the clean run (m 0: the reference of the damage and each defense's cost) is always added
+betas = ["iid", 0.5]  # Dirichlet concentration of the shares; "iid" (or None) is beta = infinity, the iid split; written as inf in the CSV files
+defenses = ["none", "pca", "median", "flame"]  # names of ex.DEFENSES; "none" is always run (the reference, and the ROC's updates)
+aggregator_params = {"trimmed_mean": {"beta": 0.2}, "multi_krum": {"f": 1}}  # overrides of ex.DEFENSES' parameters per rule
+pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.defenses.pca.PCAParams)
+roc_rounds_from = 1  # the offline detector reads the recorded updates from this round on (the paper: 10)
+'''),
+    ("code", SETUP + "\nfrom flcore.studies import noniid as nx"),
+    ("md", "## Run\nOne federation per (pair, β, defense, m), all repeats batched; the runs without defense "
+           "record every selected participant's update of the source class's output row."),
+    ("code", "res = nx.noniid(pairs, m_values, betas, defenses, rounds=rounds, repeats=repeats,\n"
+             "                aggregator_params=aggregator_params, pca_params=pca_params,\n"
+             "                roc_rounds_from=roc_rounds_from, **common)\n"
+             "tn = nx.noniid_table(res.final)\nex.save_table(tn, \"table_noniid\", out)\n"
+             "tn.pivot_table(index=[\"dataset\", \"src\", \"tgt\", \"shares\", \"setting\"], columns=[\"metric\", \"m\"],\n"
+             "               values=\"mean\", sort=False)[[\"source_recall\", \"damage\", \"tpr\", \"fpr\"]].round(2)"),
+    ("md", "## Damage and clean-run cost per β\nSource recall and M_acc lost against the clean run without "
+           "defense at the same β (pp; m = 0: the defense's clean-run cost). Error bars: standard deviation "
+           "over repeats."),
+    ("code", "fig = plots.fig_noniid_damage(tn, order=defenses, labels=ex.DEFENSE_LABEL)\n"
+             "ex.save_figure(fig, \"fig_noniid_damage\", out)\nplt.show()"),
+    ("md", "## Offline detection: ROC of the PCA detector's scores per β\nOne curve per β (mean over repeats, "
+           "band = ± sd); per update (each recorded update scored) and, in the table, per participant (the mean "
+           "score of its updates)."),
+    ("code", "tr = nx.noniid_roc_table(res.detection)\nex.save_table(tr, \"table_noniid_roc\", out)\n"
+             "curves = nx.roc_curve_table(res.roc)\nex.save_table(curves, \"table_noniid_roc_curve\", out, float_format=\"%.3f\")\n"
+             "fig = plots.fig_noniid_roc(curves, tr)\nex.save_figure(fig, \"fig_noniid_roc\", out)\nplt.show()\ntr"),
+    ("md", "## Reading"),
+    ("code", "display(Markdown(nx.agreement_noniid(tn, tr) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
+             "                 + ex.data_note(res.final[\"dataset\"])))"),
 ]
 
 for name, cells in NB.items():
