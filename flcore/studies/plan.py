@@ -17,6 +17,7 @@ from collections.abc import Callable
 from flcore.config import Config
 from flcore.studies import experiments as ex
 from flcore.studies import noniid as nx
+from flcore.studies import scoreboard as sb
 
 # the parameters every notebook has (tools/build_notebooks.py, COMMON) that reach Config
 _COMMON = ("seed", "n_train", "n_test", "warm_start", "device", "precision")
@@ -71,6 +72,13 @@ def _noniid(p: dict) -> list[Config]:
     return [c for c, _, _ in jobs]
 
 
+def _scoreboard(p: dict) -> list[Config]:
+    jobs = sb.scoreboard_jobs(p["pairs"], p["m_values"], p["defenses"], p["attacks"], rounds=p["rounds"],
+                              repeats=p["repeats"], aggregator_params=p["aggregator_params"],
+                              pca_params=p["pca_params"], attack_params=p["attack_params"], **_common(p))  # fmt: skip
+    return [c for c, _, _ in jobs]
+
+
 # notebook stem -> the function that lists its runs from its parameters
 STUDIES: dict[str, Callable[[dict], list[Config]]] = {
     "01_feasibility": _feasibility,
@@ -80,6 +88,7 @@ STUDIES: dict[str, Callable[[dict], list[Config]]] = {
     "05_defense": _defense,
     "06_defense_comparison": _defense_comparison,
     "07_noniid": _noniid,
+    "08_scoreboard": _scoreboard,
 }
 
 

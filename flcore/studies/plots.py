@@ -265,3 +265,42 @@ def fig_noniid_roc(curves: pd.DataFrame, roc_table: pd.DataFrame | None = None, 
         ax.legend(fontsize="x-small", loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def fig_scoreboard(table: pd.DataFrame, order=None, labels=None, attack_labels=None):
+    """Notebook 08: defense x attack heatmaps, one row of panels per pair: the worst (lowest)
+    final source recall over m (the clean run, m = 0, as its first column), the worst M_acc over
+    m and, where an attack has a trigger, the highest backdoor success rate over m. Each cell
+    is annotated with its mean (%) over repeats (`scoreboard.scoreboard_table`)."""
+    from flcore.studies import scoreboard as sb
+
+    labels, attack_labels = labels or {}, attack_labels or sb.ATTACK_LABEL
+    panels = [("source_recall", "min", "worst source recall over m (%)", "RdYlGn"),
+              ("accuracy", "min", "worst M_acc over m (%)", "RdYlGn"),
+              ("attack_success", "max", "highest attack success\nover m (%)", "RdYlGn_r")]  # fmt: skip
+    frames = {p[0]: sb.heatmap_frame(table, p[0], p[1]) for p in panels}
+    panels = [p for p in panels if len(frames[p[0]])]
+    pairs = list(table[["dataset", "src", "tgt"]].drop_duplicates().itertuples(index=False, name=None))
+    defenses = [d for d in (order or list(dict.fromkeys(table["defense"]))) if d in set(table["defense"])]
+    widths = [max(2, frames[p[0]]["attack"].nunique()) for p in panels]
+    fig, axes = plt.subplots(max(1, len(pairs)), len(panels),
+                             figsize=(0.9 * sum(widths) + 2.2 * len(panels), 0.42 * len(defenses) * max(1, len(pairs)) + 1.6),
+                             squeeze=False, gridspec_kw={"width_ratios": widths})  # fmt: skip
+    for i, (d, s, t) in enumerate(pairs):
+        for j, (metric, _, title, cmap) in enumerate(panels):
+            ax = axes[i, j]
+            f = frames[metric]
+            f = f[(f["dataset"] == d) & (f["src"] == s) & (f["tgt"] == t)]
+            cols = [a for a in (sb.CLEAN, *sb.ATTACKS) if a in set(f["attack"])]
+            w = f.pivot(index="defense", columns="attack", values="value").reindex(index=defenses, columns=cols)
+            sns.heatmap(w, ax=ax, annot=True, fmt=".0f", cmap=cmap, vmin=0, vmax=100, cbar=False,
+                        linewidths=0.5, annot_kws={"fontsize": "x-small"})  # fmt: skip
+            ax.set_xticklabels([attack_labels.get(a, a) for a in cols], rotation=35, ha="right", fontsize="x-small")
+            if j == 0:
+                ax.set_yticklabels([labels.get(x, x) for x in defenses], rotation=0, fontsize="x-small")
+            else:
+                ax.tick_params(labelleft=False)
+            ax.set(xlabel="", ylabel="", title=f"{pair_title(d, s, t)}\n{title}")
+            ax.title.set_fontsize("small")
+    fig.tight_layout()
+    return fig
