@@ -247,8 +247,8 @@ class _Clock:
 def calibrate(cfg: Config, G: int, threads: int, data_root=None) -> dict:
     """Seconds per training sample and per evaluated test image of `cfg`'s dataset and
     settings with G federations stacked, read from the round times of one short real run on
-    a class-balanced subset (100 training images per participant, 2,000 test images): rounds
-    3 and 5 train only, rounds 2, 4 and 6 also evaluate; round 1 warms up."""
+    a class-balanced subset (40 training images per participant, 1,000 test images): round 3
+    trains only, rounds 2 and 4 also evaluate; round 1 warms up."""
     import torch
 
     from flcore.runs.runner import load_data
@@ -258,7 +258,7 @@ def calibrate(cfg: Config, G: int, threads: int, data_root=None) -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        per, n_test, rounds = 100, 2000, 6
+        per, n_test, rounds = 40, 1000, 4
         c = cfg.replace(m=0.0, repeats=G, rounds=rounds, n_train=per * cfg.num_participants,
                         n_test=n_test, warm_start=0, strategy="random", alpha=None,
                         break_round=rounds, record_updates="none", defense=None, defense_params={},
@@ -266,8 +266,8 @@ def calibrate(cfg: Config, G: int, threads: int, data_root=None) -> dict:
         clock = _Clock()
         simulate(c, make_plan(c, load_data(c, None, data_root)), clock)
         dt = np.diff(clock.t)  # per round
-        train_round = float(np.median(dt[[2, 4]]))
-        eval_round = max(float(np.median(dt[[1, 3, 5]])) - train_round, 0.0)
+        train_round = float(dt[2])
+        eval_round = max(float(np.median(dt[[1, 3]])) - train_round, 0.0)
         return {"train_s": train_round / (G * cfg.k * per * cfg.local_epochs),
                 "eval_s": eval_round / (G * n_test)}  # fmt: skip
     finally:
@@ -283,10 +283,10 @@ def _eval_images(cfg: Config) -> int:
 
 
 def estimate(p: Plan, store="results", threads: int | None = None, data_root=None, log=None) -> dict:
-    """Estimated seconds to compute `p`'s pending stacks here: per (dataset, settings,
-    stack size) one calibration (`calibrate`, kept in the store's CALIBRATION_FILE for
-    later dry runs on this machine), scaled by each stack's training samples and evaluated
-    test images. Returns {seconds, calibrations: {description: seconds per experiment-round}}."""
+    """Estimated seconds to compute `p`'s pending stacks here: per dataset and settings one
+    calibration (`calibrate`) at the stack size that carries most of the pending work, kept
+    in the store's CALIBRATION_FILE for later dry runs on this machine, scaled by each
+    stack's training samples and evaluated test images. Returns {seconds, calibrations: {description: seconds per experiment-round}}."""
     import json
 
     import torch
@@ -299,9 +299,17 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
     except (OSError, ValueError):
         cache = {}
     total, per_round = 0.0, {}
-    for stack in [[w] for w in p.warmups] + p.stacks:
-        lead = stack[0]
+    stacks = [[w] for w in p.warmups] + p.stacks
+    # one calibration per dataset and settings, at the stack size carrying most of its work
+    work: dict[str, dict[int, int]] = {}
+    for stack in stacks:
         G = sum(c.repeats for c in stack)
+        sizes = work.setdefault(_calibration_key(stack[0], 0, threads), {})
+        sizes[G] = sizes.get(G, 0) + sum(experiment_rounds(c) for c in stack)
+    for stack in stacks:
+        lead = stack[0]
+        sizes = work[_calibration_key(lead, 0, threads)]
+        G = max(sizes, key=sizes.get)
         key = _calibration_key(lead, G, threads)
         if key not in cache:
             if log is not None:
@@ -314,11 +322,14 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
             samples = c.rounds * c.k * (n_train / c.num_participants) * c.local_epochs
             secs += c.repeats * (samples * cal["train_s"] + _eval_images(c) * cal["eval_s"])
         total += secs
-        per_round[f"{lead.dataset} {lead.precision}, stacks of {G}"] = secs / sum(experiment_rounds(c) for c in stack)
+        label = f"{lead.dataset} {lead.precision}, stacks of {G}"
+        rate = per_round.setdefault(label, [0.0, 0])
+        rate[0] += secs
+        rate[1] += sum(experiment_rounds(c) for c in stack)
     try:
         with open(path + ".tmp", "w") as f:
             json.dump(cache, f, indent=1)
         os.replace(path + ".tmp", path)
     except OSError:
         pass
-    return {"seconds": total, "per_round": per_round, "threads": threads}
+    return {"seconds": total, "per_round": {k: v[0] / v[1] for k, v in per_round.items()}, "threads": threads}

@@ -166,7 +166,7 @@ def run(
 def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta) -> Result:
     """Frames, metadata and the store entry of one configuration's raw arrays."""
     rounds, recall = make_frames(cfg, plan, raw["confusion"], raw["eval_rounds"], raw["losses"],
-                             raw["diverged_at"])  # fmt: skip
+                             raw["diverged_at"], raw.get("attack_success"))  # fmt: skip
     diverged = raw["diverged_at"] <= cfg.rounds
     meta = {
         "version": __version__,
@@ -329,6 +329,7 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result
         part = {"confusion": raw["confusion"][sl], "eval_rounds": raw["eval_rounds"],
                 "losses": raw["losses"][sl], "diverged_at": raw["diverged_at"][sl],
                 "updates": None if raw["updates"] is None else raw["updates"][sl],
+                "attack_success": None if raw.get("attack_success") is None else raw["attack_success"][sl],
                 "excluded": raw["aggregation"].excluded_frame(range(sl.start, sl.stop)),
                 "model": None if raw["model"] is None else {kk: v[sl] for kk, v in raw["model"].items()}}  # fmt: skip
         results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs)))

@@ -28,8 +28,7 @@ of this runs.
 
 Two optional attack hooks work the same way. An attack with a trigger (`Attack.has_trigger`)
 makes the engines evaluate each global model also on the stamped test images, for the attack
-success rate (`attack_success`: raw [R, n_eval], and `Plan.attack_success` per federation,
-which `frames` reads). An attack that needs an honest twin (`Attack.needs_honest_twin`) makes
+success rate (`attack_success`: raw [R, n_eval], which the runner hands to `frames`). An attack that needs an honest twin (`Attack.needs_honest_twin`) makes
 them train, for each malicious model whose labels or images `poison` changed this round, a
 second model from the same start on the same schedule with the true labels, and send
 `Attack.craft(honest, poisoned)` instead of the poisoned update (`_craft`; the reference engine
@@ -104,8 +103,9 @@ def _test_sets(cfg: Config, x_test: torch.Tensor, y_test: torch.Tensor):
 
 
 def frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarray,
-            losses: np.ndarray, diverged_at: np.ndarray):  # fmt: skip
-    """Tidy per-round and per-class frames from the raw arrays."""
+            losses: np.ndarray, diverged_at: np.ndarray, attack_success: np.ndarray | None = None):  # fmt: skip
+    """Tidy per-round and per-class frames from the raw arrays (attack_success: [R, n_eval],
+    a trigger attack's success rate in %, or None)."""
     R, T = cfg.repeats, cfg.rounds
     n_mal = plan.is_malicious[np.arange(R)[:, None, None], plan.selected].sum(-1)  # [R, T]
     correct = np.trace(confusion, axis1=-2, axis2=-1)
@@ -118,8 +118,8 @@ def frames(cfg: Config, plan: Plan, confusion: np.ndarray, eval_rounds: np.ndarr
     diverged = rnd[None, :] >= diverged_at[:, None]
     acc[diverged] = np.nan
     asr = np.full((R, T), np.nan)  # a trigger's attack success rate (%), in evaluated rounds
-    if plan.attack_success is not None:
-        asr[:, eval_rounds - 1] = plan.attack_success
+    if attack_success is not None:
+        asr[:, eval_rounds - 1] = attack_success
         asr[diverged] = np.nan
     rounds = pd.DataFrame(
         {
@@ -255,7 +255,6 @@ def _run_reference(cfg: Config, plan: Plan, device: str, precision: str, progres
             if progress is not None:
                 progress.update(1)
         finals.append(global_state)
-    _record_attack_success([(cfg, plan, j) for j in range(R)], asr)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
                 diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
                 model=_kept_model(cfg, stack_states(finals)), attack_success=asr)  # fmt: skip
@@ -309,18 +308,6 @@ def _craft(attack, glob: dict, honest: dict, poisoned: dict, ctx: CraftContext) 
         out[kk] = torch.where(s_ == h_, honest[kk], torch.where(s_ == p_, poisoned[kk], g + s_))
         offset += size
     return out
-
-
-def _record_attack_success(feds: list, asr: np.ndarray | None) -> None:
-    """Each federation's attack success rates [n_eval] into its plan (`Plan.attack_success`;
-    None without a trigger), replacing what an earlier simulation of that plan left there."""
-    fresh = set()
-    for i, (c, pl, j) in enumerate(feds):
-        if id(pl) not in fresh:
-            fresh.add(id(pl))
-            pl.attack_success = None if asr is None else np.full((c.repeats, asr.shape[1]), np.nan)
-        if asr is not None:
-            pl.attack_success[j] = asr[i]
 
 
 def _kept_model(cfg: Config, glob: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
@@ -573,7 +560,6 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                 e += 1
         if progress is not None:
             progress.update(1)
-    _record_attack_success(feds, asr)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,
                 diverged_at=diverged_at, updates=updates, excluded=aggregate.excluded_frame(),
                 model=_kept_model(cfg, glob), aggregation=aggregate, attack_success=asr)  # fmt: skip

@@ -45,10 +45,6 @@ class Plan:
     # per repeat the server's root set (int64 indices into x_train, kept out of every share),
     # for an aggregation rule with `root_size() > 0` (FLTrust); None otherwise
     roots: list[torch.Tensor] | None = None
-    # Filled in by the engine, not drawn: per repeat and evaluated round the attack success
-    # rate (%) of an attack with a trigger, float64 [repeats, n_eval]; None before the run and
-    # for attacks without a trigger. `flcore.sim.engine.frames` reads it into the rounds frame.
-    attack_success: np.ndarray | None = None
 
 
 def make_plan(cfg: Config, data: Dataset, init_from: dict[str, torch.Tensor] | None = None) -> Plan:

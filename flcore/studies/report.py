@@ -247,6 +247,12 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         timing_rounds = pd.concat(rfs, ignore_index=True) if rfs else None
     last = ex.last_rounds(p1["rounds"]) if p1 else 20
     t2_md, t2 = table2_section(final, pairs, last)
+    clean_line = "- the clean model (m = 0): not computed yet."
+    if final is not None and (final["m"] == 0).any():
+        c = final[final["m"] == 0].drop_duplicates("repeat")
+        acc = c["accuracy"]
+        clean_line = (f"- the clean model (m = 0) after {p1['rounds']} rounds: M_acc {acc.mean():.2f}% "
+                      f"± {_fmt(ci95(acc.std(ddof=1), len(acc)), 2)} (95% CI, {len(acc)} repeats).")  # fmt: skip
     m3 = params.get("02_targeting", {}).get("m", 0.1)
 
     metas = [r.meta for r in results.values()]
@@ -277,6 +283,7 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         f"runs {wall / 3600:.1f} h (each stack's wall time shared by its configurations).",
         f"- repeats: {p1['repeats'] if p1 else '–'} per poisoned cell, {p1['baseline_repeats'] if p1 else '–'} "
         "for the clean model (the paper: 10); the `runs` column counts those computed.",
+        clean_line,
         "",
         f"## Table 2: loss in source recall (pp), final round and last {last} rounds",
         "",
