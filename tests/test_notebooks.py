@@ -31,13 +31,15 @@ TINY = {
                               "pca_params": {"start_round": 2, "min_rows": 10}},
     "07_noniid": {"repeats": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.4], "betas": ["iid", 0.5],
                   "defenses": ["pca", "median"], "pca_params": {"start_round": 2, "min_rows": 10}},
+    "08_scoreboard": {"repeats": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.4], "defenses": ["pca", "median"],
+                      "attacks": ["label_flip", "backdoor"], "pca_params": {"start_round": 2, "min_rows": 10}},
 }  # fmt: skip
 FIGURES = ["fig1_feasibility", "fig2_acc_vs_recall", "fig3_early_poisoning", "fig4_late_poisoning",
            "fig5_availability", "fig6_alpha_rounds", "fig7_recall_change", "fig8_defense_pca",
-           "fig_defense_comparison", "fig_noniid_damage", "fig_noniid_roc"]  # fmt: skip
+           "fig_defense_comparison", "fig_noniid_damage", "fig_noniid_roc", "fig_scoreboard"]  # fmt: skip
 TABLES = ["table2_source_recall_loss", "table3_targeting", "table4_final_source_recall",
           "table_defense_detection", "table_defense_comparison", "table_noniid", "table_noniid_roc",
-          "table_noniid_roc_curve"]  # fmt: skip
+          "table_noniid_roc_curve", "table_scoreboard", "table_scoreboard_summary"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +182,38 @@ def test_noniid_tables_sane(workbook):
     assert (r["runs"] >= 1).all() and r["roc_auc"].dropna().between(0, 1).all()
     c = _table(workbook, "table_noniid_roc_curve")
     assert c["tpr"].between(0, 1).all() and c["fpr"].between(0, 1).all()
+
+
+def test_scoreboard_tables_sane(workbook):
+    t = _table(workbook, "table_scoreboard")
+    p = TINY["08_scoreboard"]
+    assert list(t.columns) == ["dataset", "src", "tgt", "defense", "attack", "m", "metric", "mean", "std", "runs"]
+    defenses = {"none", *p["defenses"]}
+    assert set(t["defense"]) == defenses and set(t["attack"]) == {"none", *p["attacks"]}
+    assert not t.duplicated(["dataset", "src", "tgt", "defense", "attack", "m", "metric"]).any()
+    # every defense x attack x m cell, and each defense's clean run, with 2 runs
+    sr = t[t["metric"] == "source_recall"]
+    cells = {(d, a, m) for d in defenses for a in p["attacks"] for m in p["m_values"]}
+    assert {(d, a, m) for d, a, m in zip(sr["defense"], sr["attack"], sr["m"]) if m > 0} == cells
+    assert set(sr.loc[sr["m"] == 0, "defense"]) == defenses and (sr.loc[sr["m"] == 0, "attack"] == "none").all()
+    assert (sr["runs"] >= 2).all() and sr["std"].notna().all() and sr["mean"].between(0, 100).all()
+    # ASR only for the backdoor, detection only for the PCA defense
+    asr = t[t["metric"] == "attack_success"]
+    assert set(asr["attack"]) == {"backdoor"} and asr["mean"].between(0, 100).all() and (asr["runs"] == 2).all()
+    det = t[t["metric"].str.startswith("detection_")]
+    assert set(det["defense"]) == {"pca"} and det["mean"].dropna().between(0, 1).all()
+    clean = t[(t["defense"] == "none") & (t["m"] == 0) & t["metric"].isin(["damage", "accuracy_loss"])]
+    assert clean["mean"].abs().max() < 1e-9
+    s = _table(workbook, "table_scoreboard_summary")
+    assert len(s) == len(defenses) and set(s["defense"]) == defenses
+    assert s["worst_source_recall"].between(0, 100).all() and set(s["worst_source_recall_attack"]) <= set(p["attacks"])
+    assert s["worst_attack_success"].between(0, 100).all()
+    # the worst case over attacks and m is the lowest cell of that defense
+    for _, r in s.iterrows():
+        lo = sr[(sr["defense"] == r["defense"]) & (sr["m"] > 0)]["mean"].min()
+        assert r["worst_source_recall"] == pytest.approx(lo, abs=0.006)
+    assert s.loc[s["defense"] != "pca", ["detection_precision", "detection_recall"]].isna().all().all()
+    assert s.loc[s["defense"] == "pca", "detection_fpr_clean"].between(0, 1).all()
 
 
 def test_baseline_trained_once(workbook):

@@ -1,4 +1,4 @@
-"""Generates notebooks/01..07 (no outputs). Run: .venv/bin/python tools/build_notebooks.py"""
+"""Generates notebooks/01..08 (no outputs). Run: .venv/bin/python tools/build_notebooks.py"""
 from pathlib import Path
 
 import nbformat as nbf
@@ -296,6 +296,62 @@ roc_rounds_from = 1  # the offline detector reads the recorded updates from this
     ("md", "## Reading"),
     ("code", "display(Markdown(nx.agreement_noniid(tn, tr) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
              "                 + ex.data_note(res.final[\"dataset\"])))"),
+]
+
+NB["08_scoreboard"] = [
+    ("md", "# 08 Scoreboard: every defense against every attack\n\n"
+     "**Question.** Which defense holds up in its worst case? Every defense of notebooks 06 and 07 meets "
+     "every attack: the paper's targeted flip (`label_flip`), untargeted random flipping (`random_flip`), "
+     "many-to-one flipping (`many_to_one`), a pixel-trigger backdoor (`backdoor`) and the adaptive flip "
+     "that blends its poisoned update with an honest one against the PCA detector (`adaptive_flip`), at "
+     "every m, and each defense runs once clean (m = 0).\n\n"
+     "**Reported per defense** (`table_scoreboard_summary`): its *worst* final source recall and M_acc "
+     "over attacks and m, the highest attack success rate of the backdoor (the share of stamped test "
+     "images of the other classes classified as the target; NaN for attacks without a trigger), each "
+     "against the undefended worst case; its clean-run cost (m = 0 against the undefended m = 0, paired "
+     "by repeat); and, for a defense that flags participants (the PCA detector), the precision and "
+     "recall of its exclusions over participant-rounds (one participant selected in one round). "
+     "Every cell is in `table_scoreboard` (tidy: mean, std and runs over repeats).\n\n"
+     "**Paper.** Not studied: the paper has one attack (the targeted flip) and one defense "
+     "(Algorithm 1, a picture). The untargeted, many-to-one, backdoor and adaptive attacks, the "
+     "robust aggregation rules and the worst case over attacks are this workbench's."),
+    params('''rounds = 3  # R: global rounds after the warm-up (the paper: 200)
+repeats = 2
+pairs = [["fmnist", 4, 6]]
+m_values = [0.1, 0.2, 0.3, 0.4]  # the clean run (m 0: each defense's cost) is always added
+defenses = ["none", "pca", "median", "trimmed_mean", "multi_krum", "foolsgold", "geometric_median", "bulyan", "centered_clipping", "flame", "fltrust"]  # names of ex.DEFENSES; "none" is always run (the reference)
+attacks = ["label_flip", "random_flip", "many_to_one", "backdoor", "adaptive_flip"]
+aggregator_params = {"trimmed_mean": {"beta": 0.2}, "multi_krum": {"f": 1}}  # overrides of ex.DEFENSES' parameters per rule
+pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.defenses.pca.PCAParams)
+attack_params = {"adaptive_flip": {"strength": 0.5}}  # per attack ({attack: options}, or {attack: {dataset: options}}); others at their defaults
+'''),
+    ("code", SETUP + "\nfrom flcore.studies import scoreboard as sb"),
+    ("md", "## Run\nOne federation per (pair, defense, attack, m), all repeats batched; the m values of one "
+           "defense and attack train as one stack (the clean run with the targeted flip's)."),
+    ("code", "final = sb.scoreboard(pairs, m_values, defenses, attacks, rounds=rounds, repeats=repeats,\n"
+             "                      aggregator_params=aggregator_params, pca_params=pca_params,\n"
+             "                      attack_params=attack_params, **common)\n"
+             "ts = sb.scoreboard_table(final)\nex.save_table(ts, \"table_scoreboard\", out)\n"
+             "ts[ts[\"metric\"] == \"source_recall\"].pivot_table(index=[\"dataset\", \"src\", \"tgt\", \"defense\"],\n"
+             "    columns=[\"attack\", \"m\"], values=\"mean\", sort=False).round(1)"),
+    ("md", "## The scoreboard: each defense's worst case\nWorst source recall and M_acc over attacks and m "
+           "(with the attack and m where it happens), the backdoor's highest success rate, each against the "
+           "undefended worst case (`vs_none_*`, pp, with the two cells' standard deviations in quadrature), "
+           "the clean-run cost and the detection of a flagging defense."),
+    ("code", "summary = sb.scoreboard_summary(ts, final)\nex.save_table(summary, \"table_scoreboard_summary\", out)\n"
+             "summary[[\"dataset\", \"src\", \"tgt\", \"setting\", \"worst_source_recall\", \"worst_source_recall_attack\",\n"
+             "         \"worst_accuracy\", \"worst_attack_success\", \"vs_none_source_recall\", \"vs_none_source_recall_std\",\n"
+             "         \"clean_cost_accuracy\", \"clean_cost_accuracy_std\", \"detection_precision\", \"detection_recall\"]].round(2)"),
+    ("md", "## Heatmap: defense × attack\nPer cell the worst (lowest) mean over m of the final source recall and "
+           "M_acc, and the backdoor's highest attack success rate; the first column is the clean run (m = 0)."),
+    ("code", "fig = plots.fig_scoreboard(ts, order=defenses, labels=ex.DEFENSE_LABEL)\n"
+             "ex.save_figure(fig, \"fig_scoreboard\", out)\nplt.show()"),
+    ("md", "## Reading\nEach headline difference (a defense's worst source recall and its backdoor success rate "
+           "against the undefended worst case, its clean-run cost in M_acc) is said to be larger than its "
+           "standard deviation over repeats, or not: one that is not cannot rank the defenses at these "
+           "repeats and rounds."),
+    ("code", "display(Markdown(sb.agreement_scoreboard(summary) + \" \" + ex.rounds_note(warm_start) + \" \"\n"
+             "                 + ex.data_note(final[\"dataset\"])))"),
 ]
 
 for name, cells in NB.items():

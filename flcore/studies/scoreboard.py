@@ -381,7 +381,7 @@ def agreement_scoreboard(summary: pd.DataFrame) -> str:
             out.append("; ".join(parts) + ".")
     if n_all:
         out.append(f"**{n_big} of {n_all} headline differences are larger than their standard deviation**"
-                   + (" (the others are within run-to-run noise at these repeats and rounds: more repeats "
+                   + (" (those that are not are within run-to-run noise at these repeats and rounds: more repeats "
                       "or rounds are needed to rank those defenses)." if n_big < n_all else "."))  # fmt: skip
     return " ".join(out)
 
