@@ -88,7 +88,8 @@ def test_killed_dask_worker_does_not_lose_the_sweep(tmp_path, cluster):
                 busy = {}
             for addr, keys in busy.items():
                 if keys and addr in pids:
-                    key = keys[0].removeprefix("flcore-run-")
+                    # a task is a stack: "flcore-stack-<first config's key>-<configs>"
+                    key = keys[0].removeprefix("flcore-stack-").rsplit("-", 1)[0]
                     killed.update(addr=addr, key=key, stored=(results / key).exists())
                     os.kill(pids[addr], signal.SIGKILL)
                     return
