@@ -267,7 +267,7 @@ NB["07_noniid"] = [
 repeats = 2
 pairs = [["fmnist", 4, 6]]
 m_values = [0.3]  # the clean run (m 0: the reference of the damage and each defense's cost) is always added
-betas = ["iid", 0.5]  # Dirichlet concentration of the shares; "iid" (or None) is beta = infinity, the iid split; written as inf in the CSV files
+betas = ["iid", 0.5]  # Dirichlet concentrations of the shares: iid or None means the iid split, written inf in CSV files
 defenses = ["none", "pca", "median", "flame"]  # names of ex.DEFENSES; "none" is always run (the reference, and the ROC's updates)
 aggregator_params = {"trimmed_mean": {"beta": 0.2}, "multi_krum": {"f": 1}}  # overrides of ex.DEFENSES' parameters per rule
 pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.defenses.pca.PCAParams)
