@@ -145,7 +145,9 @@ def test_clean_run_cost_of_the_defense_is_measured(real_runs):
         loss_d = defended.rounds[defended.rounds["repeat"] == j]["train_loss"].to_numpy()
         mine = ex[ex["repeat"] == j]
         until = min(3, mine["round"].min() if len(mine) else 3)  # rounds 1..until alike
-        np.testing.assert_allclose(loss_d[:until], loss_c[:until], rtol=1e-4)
+        # fp32 rounding of the two paths: up to 1.3e-4 relative by round 3 on an AVX2-only AMD
+        # EPYC (Zen 3); an exclusion or a wrong weight moves the loss by percents
+        np.testing.assert_allclose(loss_d[:until], loss_c[:until], rtol=1e-3)
     cost = clean.final()["accuracy"].mean() - defended.final()["accuracy"].mean()
     assert abs(cost) < 3.0, cost
 
