@@ -262,15 +262,23 @@ def feasibility(pairs, m_values: Sequence[float], *, rounds: int, repeats: int |
     """
     jobs = feasibility_jobs(pairs, m_values, rounds=rounds, repeats=repeats,
                             baseline_repeats=baseline_repeats, curves=curves, **base)  # fmt: skip
-    results = run_grid([c for c, _, _ in jobs], store, progress)
+    return feasibility_frame(run_grid([c for c, _, _ in jobs], store, progress), jobs, curves)
+
+
+def feasibility_frame(results, jobs, curves: bool = False) -> pd.DataFrame | None:
+    """The final frame of `feasibility` from its jobs' results (a result may be None: not
+    computed, left out; None if none is there). With `curves`, the source recall over the
+    last rounds too (`source_recall_last`, Table 2's second reading)."""
     frames = []
     for r, (_, s, t) in zip(results, jobs):
+        if r is None:
+            continue
         f = final_frame(r, s, t)
-        if curves:  # the source recall over the last rounds (Table 2's second reading)
+        if curves:
             last = last_rounds_recall(r, s)
             f = f.assign(source_recall_last=f["repeat"].map(last) if last is not None else np.nan)
         frames.append(f)
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def last_rounds(rounds: int) -> int:
@@ -307,15 +315,38 @@ def timing(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeat
     """
     jobs = timing_jobs(pairs, m, strategies, rounds=rounds, repeats=repeats, break_round=break_round,
                        figure_pairs=figure_pairs, baseline_repeats=baseline_repeats, **base)  # fmt: skip
-    results = run_grid([j[0] for j in jobs], store, progress)
+    rf, late = timing_frames(run_grid([j[0] for j in jobs], store, progress), jobs)
+    return rf, late
+
+
+def timing_frames(results, jobs) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """`timing`'s (round frame, final frame of the late runs) from its jobs' results (a
+    result may be None: not computed, left out)."""
     rounds_frames, finals = [], []
     for r, (c, kind, s, t) in zip(results, jobs):
+        if r is None:
+            continue
         if kind != "final":
             rounds_frames.append(round_frame(r, s, t).assign(setting=kind))
         if c.strategy == "late" and kind != "none":
             finals.append(final_frame(r))
     rf = pd.concat(rounds_frames, ignore_index=True) if rounds_frames else pd.DataFrame()
-    return rf, pd.concat(finals, ignore_index=True)
+    return rf, pd.concat(finals, ignore_index=True) if finals else None
+
+
+def sort_tidy(t: pd.DataFrame, by: Sequence[str], orders: dict[str, Sequence]) -> pd.DataFrame:
+    """`t` sorted by the columns of `by` it has (stable). A column named in `orders` sorts by
+    its position in that sequence (e.g. defenses in `DEFENSES` order), or by the callable
+    given for it (e.g. `lambda c: -c` for descending); the others by value."""
+
+    def key(c: pd.Series):
+        o = orders.get(c.name)
+        if o is None:
+            return c
+        return o(c) if callable(o) else c.map({v: i for i, v in enumerate(o)})
+
+    cols = [k for k in by if k in t]
+    return t.sort_values(cols, key=key, kind="stable").reset_index(drop=True)
 
 
 def timing_jobs(pairs, m: float, strategies=("early", "late"), *, rounds: int, repeats: int,

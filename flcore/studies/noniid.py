@@ -250,20 +250,8 @@ _KEYS = ["dataset", "src", "tgt", "beta", "shares", "defense", "m"]
 
 def _sorted(t: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Pair, β from iid to the most skewed, defense in `DEFENSES` order, m, then `extra`."""
-    order = {d: i for i, d in enumerate(ex.DEFENSES)}
-    metric = {m: i for i, m in enumerate(METRICS)}
-
-    def key(c: pd.Series):
-        if c.name == "beta":
-            return -c
-        if c.name == "defense":
-            return c.map(order)
-        if c.name == "metric":
-            return c.map(metric)
-        return c
-
-    by = [k for k in ("dataset", "src", "tgt", "beta", "defense", "m", *extra) if k in t]
-    return t.sort_values(by, key=key, kind="stable").reset_index(drop=True)
+    return ex.sort_tidy(t, ("dataset", "src", "tgt", "beta", "defense", "m", *extra),
+                        {"beta": lambda c: -c, "defense": list(ex.DEFENSES), "metric": METRICS})
 
 
 def noniid_table(final: pd.DataFrame) -> pd.DataFrame:

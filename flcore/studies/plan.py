@@ -27,11 +27,22 @@ def _common(p: dict) -> dict:
     return {k: p[k] for k in _COMMON}
 
 
-def _feasibility(p: dict) -> list[Config]:
-    jobs = ex.feasibility_jobs(p["pairs"], p["m_values"], rounds=p["rounds"], repeats=p["repeats"],
+def feasibility_jobs(p: dict) -> list:
+    """Notebook 01's `experiments.feasibility_jobs` from its parameters `p`."""
+    return ex.feasibility_jobs(p["pairs"], p["m_values"], rounds=p["rounds"], repeats=p["repeats"],
                                baseline_repeats=p["baseline_repeats"], curves=p.get("curves", False),
                                **_common(p))  # fmt: skip
-    return [c for c, _, _ in jobs]
+
+
+def timing_jobs(p: dict) -> list:
+    """Notebook 03's `experiments.timing_jobs` from its parameters `p`."""
+    return ex.timing_jobs(p["pairs"], p["m"], rounds=p["rounds"], repeats=p["repeats"],
+                          break_round=p["break_round"], figure_pairs=p["figure_pairs"],
+                          baseline_repeats=p["baseline_repeats"], **_common(p))  # fmt: skip
+
+
+def _feasibility(p: dict) -> list[Config]:
+    return [c for c, _, _ in feasibility_jobs(p)]
 
 
 def _targeting(p: dict) -> list[Config]:
@@ -42,10 +53,7 @@ def _targeting(p: dict) -> list[Config]:
 
 
 def _timing(p: dict) -> list[Config]:
-    jobs = ex.timing_jobs(p["pairs"], p["m"], rounds=p["rounds"], repeats=p["repeats"],
-                          break_round=p["break_round"], figure_pairs=p["figure_pairs"],
-                          baseline_repeats=p["baseline_repeats"], **_common(p))  # fmt: skip
-    return [c for c, *_ in jobs]
+    return [c for c, *_ in timing_jobs(p)]
 
 
 def _availability(p: dict) -> list[Config]:

@@ -190,7 +190,7 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
     from flcore.runs.compute import experiment_rounds, plan
     from flcore.runs.export import import_runs
     from flcore.runs.runner import resolved, store_key
-    from flcore.studies.plan import _common
+    from flcore.studies.plan import feasibility_jobs, timing_jobs
     from flcore.studies.reproduce import _figures_of, _store_of, planned_configs, prepare
 
     out = out or root / "docs" / "REPRODUCTION.md"
@@ -213,38 +213,14 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
     break_round = 75
     p1 = params.get("01_feasibility")
     if p1 is not None:
-        jobs = ex.feasibility_jobs(p1["pairs"], p1["m_values"], rounds=p1["rounds"], repeats=p1["repeats"],
-                                   baseline_repeats=p1["baseline_repeats"], curves=p1.get("curves", False),
-                                   **_common(p1))  # fmt: skip
+        jobs = feasibility_jobs(p1)
         pairs = {tuple(x) for x in ex.pair_list(p1["pairs"])}
-        got = [(get(c), s, t) for c, s, t in jobs]
-        frames = []
-        for r, s, t in got:
-            if r is None:
-                continue
-            f = ex.final_frame(r, s, t)
-            if p1.get("curves", False):
-                last = ex.last_rounds_recall(r, s)
-                f = f.assign(source_recall_last=f["repeat"].map(last) if last is not None else np.nan)
-            frames.append(f)
-        final = pd.concat(frames, ignore_index=True) if frames else None
+        final = ex.feasibility_frame([get(c) for c, _, _ in jobs], jobs, p1.get("curves", False))
     p3 = params.get("03_timing")
     if p3 is not None:
         break_round = p3["break_round"]
-        jobs = ex.timing_jobs(p3["pairs"], p3["m"], rounds=p3["rounds"], repeats=p3["repeats"],
-                              break_round=p3["break_round"], figure_pairs=p3["figure_pairs"],
-                              baseline_repeats=p3["baseline_repeats"], **_common(p3))  # fmt: skip
-        lates, rfs = [], []
-        for c, kind, s, t in jobs:
-            r = get(c)
-            if r is None:
-                continue
-            if kind != "final":
-                rfs.append(ex.round_frame(r, s, t).assign(setting=kind))
-            if c.strategy == "late" and kind != "none":
-                lates.append(ex.final_frame(r))
-        late = pd.concat(lates, ignore_index=True) if lates else None
-        timing_rounds = pd.concat(rfs, ignore_index=True) if rfs else None
+        jobs = timing_jobs(p3)
+        timing_rounds, late = ex.timing_frames([get(c) for c, *_ in jobs], jobs)
     last = ex.last_rounds(p1["rounds"]) if p1 else 20
     t2_md, t2 = table2_section(final, pairs, last)
     clean_line = "- the clean model (m = 0): not computed yet."

@@ -159,21 +159,8 @@ def _finish(f: pd.DataFrame, defense: str, attack: str) -> pd.DataFrame:
 
 def _sorted(t: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Pair, defense in `DEFENSES` order, the clean run then `ATTACKS` order, m, then `extra`."""
-    order = {d: i for i, d in enumerate(ex.DEFENSES)}
-    att = {a: i for i, a in enumerate((CLEAN, *ATTACKS))}
-    metric = {m: i for i, m in enumerate(METRICS)}
-
-    def key(c: pd.Series):
-        if c.name == "defense":
-            return c.map(order)
-        if c.name == "attack":
-            return c.map(att)
-        if c.name == "metric":
-            return c.map(metric)
-        return c
-
-    by = [k for k in ("dataset", "src", "tgt", "defense", "attack", "m", *extra) if k in t]
-    return t.sort_values(by, key=key, kind="stable").reset_index(drop=True)
+    return ex.sort_tidy(t, ("dataset", "src", "tgt", "defense", "attack", "m", *extra),
+                        {"defense": list(ex.DEFENSES), "attack": (CLEAN, *ATTACKS), "metric": METRICS})
 
 
 def _with_clean(final: pd.DataFrame) -> pd.DataFrame:
