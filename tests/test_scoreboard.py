@@ -15,12 +15,13 @@ PARAMS = dict(pairs=[["fmnist", 4, 6]], m_values=[0.1, 0.3], defenses=["pca", "m
               attacks=["label_flip", "backdoor", "adaptive_flip"], rounds=3, repeats=2,
               aggregator_params={"trimmed_mean": {"beta": 0.2}}, pca_params={"start_round": 2, "min_rows": 10},
               attack_params={"adaptive_flip": {"strength": 0.8}, "many_to_one": {"cifar10": {"sources": [2, 4, 5]}}},
+              tradeoff_m=0.3, tradeoff_strengths=[0.5], tradeoff_rounds=2, tradeoff_repeats=1,
               seed=0, n_train={"fmnist": 500}, n_test={"fmnist": 200}, warm_start={"fmnist": 2}, device="auto",
               precision="fp32")  # fmt: skip
 
 
 def test_jobs_and_plan_agree():
-    p = dict(PARAMS)
+    p = {k: v for k, v in PARAMS.items() if not k.startswith("tradeoff_")}
     jobs = sb.scoreboard_jobs(p.pop("pairs"), p.pop("m_values"), p.pop("defenses"), p.pop("attacks"), **p)
     # "none" always first; per defense the clean run, then attack x m > 0
     assert len(jobs) == 3 * (1 + 3 * 2)
@@ -30,7 +31,9 @@ def test_jobs_and_plan_agree():
         assert c.attack == ("label_flip" if a == "none" else a) and c.eval_every == 3 and c.n_train == 500
         assert (c.defense == "pca") == (name == "pca") and (c.aggregator == "median") == (name == "median")
         assert c.attack_params == ({"strength": 0.8} if a == "adaptive_flip" else {})
-    assert configs("08_scoreboard", PARAMS) == [c for c, _, _ in jobs]
+    planned = configs("08_scoreboard", PARAMS)  # the scoreboard's runs, then the trade-off's
+    assert planned[: len(jobs)] == [c for c, _, _ in jobs]
+    assert [c.attack_params["strength"] for c in planned[len(jobs):]] == [0.0, 0.5, 0.0, 0.5]
     with pytest.raises(ValueError, match="did you mean 'backdoor'"):
         sb.scoreboard_jobs(PARAMS["pairs"], [0.1], ["none"], ["backdor"], rounds=3, repeats=1)
     with pytest.raises(ValueError, match="m > 0"):

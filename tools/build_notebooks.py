@@ -324,6 +324,10 @@ attacks = ["label_flip", "random_flip", "many_to_one", "backdoor", "adaptive_fli
 aggregator_params = {"trimmed_mean": {"beta": 0.2}, "multi_krum": {"f": 1}}  # overrides of ex.DEFENSES' parameters per rule
 pca_params = {"start_round": 2, "min_rows": 10}  # online detector (flcore.defenses.pca.PCAParams)
 attack_params = {"adaptive_flip": {"strength": 0.5}}  # per attack ({attack: options}, or {attack: {dataset: options}}); others at their defaults
+tradeoff_m = 0.3  # the adaptive flip's trade-off curve: m, strengths (0 is always run), rounds and repeats
+tradeoff_strengths = [0.25, 0.5, 0.75, 1.0]
+tradeoff_rounds = 4
+tradeoff_repeats = 2
 '''),
     ("code", SETUP + "\nfrom flcore.studies import scoreboard as sb"),
     ("md", "## Run\nOne federation per (pair, defense, attack, m), all repeats batched; the m values of one "
@@ -346,6 +350,18 @@ attack_params = {"adaptive_flip": {"strength": 0.5}}  # per attack ({attack: opt
            "M_acc, and the backdoor's highest attack success rate; the first column is the clean run (m = 0)."),
     ("code", "fig = plots.fig_scoreboard(ts, order=defenses, labels=ex.DEFENSE_LABEL)\n"
              "ex.save_figure(fig, \"fig_scoreboard\", out)\nplt.show()"),
+    ("md", "## The adaptive attacker's trade-off\nThe adaptive flip sends `honest + strength × (poisoned − honest)`: "
+           "0 is an honest update, 1 the plain targeted flip. Per strength, at m = `tradeoff_m`, the same seed twice: "
+           "unopposed, with every source-row update recorded for the offline PCA detector (its per-participant ROC AUC), "
+           "and against the online PCA defense (the share of malicious participant-rounds it excludes). Damage is the "
+           "loss in final source recall against strength 0 of the same repeat (`flcore.studies.adaptive`)."),
+    ("code", "from flcore.studies import adaptive as ad\n"
+             "tf = ad.tradeoff(pairs, tradeoff_m, tradeoff_strengths, rounds=tradeoff_rounds, repeats=tradeoff_repeats,\n"
+             "                 pca_params=pca_params, **common)\n"
+             "tt = ad.tradeoff_table(tf)\nex.save_table(tt, \"table_adaptive_tradeoff\", out)\n"
+             "fig = plots.fig_adaptive_tradeoff(tt)\nex.save_figure(fig, \"fig_adaptive_tradeoff\", out)\nplt.show()\n"
+             "display(Markdown(ad.agreement_tradeoff(tt)))\n"
+             "tt.pivot_table(index=[\"defense\", \"strength\"], columns=\"metric\", values=\"mean\", sort=False).round(2)"),
     ("md", "## Reading\nEach headline difference (a defense's worst source recall and its backdoor success rate "
            "against the undefended worst case, its clean-run cost in M_acc) is said to be larger than its "
            "standard deviation over repeats, or not: one that is not cannot rank the defenses at these "

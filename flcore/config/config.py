@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from flcore.attacks import ATTACKS
-from flcore.core.errors import ConfigError, suggest
+from flcore.core.errors import ConfigError, MeanEquivalentWarning, suggest
 from flcore.data.specs import DATASETS
 from flcore.defenses import AGGREGATORS, DEFENSES
 
@@ -358,3 +359,6 @@ class Config:
             fail(f"defense_params={self.defense_params!r} but defense=None: set a defense "
                  f"({', '.join(DEFENSES.names())}) or drop defense_params")  # fmt: skip
         self.resolved_params()  # every option of every extension, checked against this config
+        reason = self.build_aggregator().equals_mean(self.k)
+        if reason:  # valid, but the rule is FedAvg in disguise: say so, once per place
+            warnings.warn(f"aggregator={self.aggregator!r}: {reason}", MeanEquivalentWarning, stacklevel=4)

@@ -13,6 +13,11 @@ class ConfigError(ValueError):
     """
 
 
+class MeanEquivalentWarning(UserWarning):
+    """A robust aggregation rule whose parameters make it the plain mean (FedAvg) at this k:
+    its numbers are FedAvg's, not the rule's (`Aggregator.equals_mean`)."""
+
+
 def suggest(name, valid) -> str:
     """'; did you mean 'x'?' for the closest of `valid`, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1)

@@ -396,6 +396,12 @@ class Aggregator:
         """Training images the server keeps out of every share and trains on (0: none)."""
         return 0
 
+    def equals_mean(self, k: int) -> str | None:
+        """Why this rule, with its parameters, returns the plain mean of any `k` updates a
+        round (a robust rule that is FedAvg in disguise), or None when it does not. Config
+        warns about such a rule; the scoreboard says so beside its numbers."""
+        return None
+
     def __call__(self, rows: Tensor, *, weights=None, state=None, ids=None, out_rows=None):
         raise NotImplementedError
 
@@ -418,7 +424,18 @@ def _function_rule(name_: str, fn, params_cls=NoParams, weighted: bool = False) 
 
 _function_rule("fedavg", fedavg, weighted=True)
 _function_rule("median", coordinate_median)
-_function_rule("trimmed_mean", trimmed_mean, TrimmedMeanParams)
+_TrimmedMean = _function_rule("trimmed_mean", trimmed_mean, TrimmedMeanParams)
+
+
+def _trimmed_equals_mean(self, k: int) -> str | None:
+    beta = self.params.beta
+    if int(beta * k) == 0:
+        return (f"trimmed mean with beta={beta:g} trims floor(beta * k) = 0 of the k={k} values at each "
+                f"end: it is the plain mean; raise beta to at least {1 / k:g}")  # fmt: skip
+    return None
+
+
+_TrimmedMean.equals_mean = _trimmed_equals_mean
 _function_rule("krum", krum, KrumParams)
 _function_rule("multi_krum", multi_krum, MultiKrumParams)
 

@@ -112,3 +112,10 @@ class Bulyan(Aggregator):
 
     def __call__(self, rows, *, weights=None, state=None, ids=None, out_rows=None):
         return bulyan(rows, **self.params.to_dict())
+
+    def equals_mean(self, k: int) -> str | None:
+        if self.params.f == 0:
+            more = f"; k={k} allows no f >= 1" if k < _need(1) else f"; k={k} allows f up to {(k - 3) // 4}"
+            return (f"Bulyan with f=0 keeps all k={k} updates in both stages: it is the plain mean "
+                    f"(f >= 1 needs k >= 4f + 3 = 7{more})")  # fmt: skip
+        return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flcore.config import Config
+from flcore.studies import adaptive as ad
 from flcore.studies import experiments as ex
 from flcore.studies import noniid as nx
 from flcore.studies import scoreboard as sb
@@ -84,7 +85,9 @@ def _scoreboard(p: dict) -> list[Config]:
     jobs = sb.scoreboard_jobs(p["pairs"], p["m_values"], p["defenses"], p["attacks"], rounds=p["rounds"],
                               repeats=p["repeats"], aggregator_params=p["aggregator_params"],
                               pca_params=p["pca_params"], attack_params=p["attack_params"], **_common(p))  # fmt: skip
-    return [c for c, _, _ in jobs]
+    trade = ad.tradeoff_jobs(p["pairs"], p["tradeoff_m"], p["tradeoff_strengths"], rounds=p["tradeoff_rounds"],
+                             repeats=p["tradeoff_repeats"], pca_params=p["pca_params"], **_common(p))  # fmt: skip
+    return [c for c, _, _ in jobs] + [c for c, _, _ in trade]
 
 
 # notebook stem -> the function that lists its runs from its parameters

@@ -304,3 +304,48 @@ def fig_scoreboard(table: pd.DataFrame, order=None, labels=None, attack_labels=N
             ax.title.set_fontsize("small")
     fig.tight_layout()
     return fig
+
+
+def fig_adaptive_tradeoff(table: pd.DataFrame):
+    """Notebook 08's trade-off of the adaptive flip (`adaptive.tradeoff_table`), one row of
+    two panels per pair: left, the damage it does unopposed (pp of final source recall,
+    paired against strength 0) against the offline PCA detector's per-participant ROC AUC,
+    one point per strength (labelled; bars: ± std over repeats); right, against the strength,
+    the online PCA defense's recall (share of malicious participant-rounds excluded) and the
+    damage without and with that defense."""
+    groups = list(table.groupby(["dataset", "src", "tgt"], sort=False))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.8 * len(groups)), squeeze=False)
+    for (key, g), (ax, ax2) in zip(groups, axes):
+
+        def series(metric, defense):
+            s = g[(g["metric"] == metric) & (g["defense"] == defense)].set_index("strength").sort_index()
+            return s["mean"], s["std"].fillna(0.0)
+
+        dmg, dmg_sd = series("damage", "none")
+        auc, auc_sd = series("detection_auc", "none")
+        both = dmg.index.intersection(auc.index)
+        ax.errorbar(auc[both], dmg[both], xerr=auc_sd[both], yerr=dmg_sd[both], fmt="o-", capsize=3)
+        for st in both:
+            ax.annotate(f"{st:g}", (auc[st], dmg[st]), textcoords="offset points", xytext=(5, 5), fontsize=9)
+        ax.axvline(0.5, color="grey", ls=":", lw=1)
+        ax.set_xlabel("offline detector AUC per participant (0.5: chance)")
+        ax.set_ylabel("source recall loss, unopposed (pp)")
+        ax.set_title(f"{pair_title(*key)}: damage vs detectability (labels: strength)")
+        rec, rec_sd = series("detection_recall", "pca")
+        ax2.errorbar(rec.index, rec, yerr=rec_sd, fmt="s-", color="C3", capsize=3, label="online recall")
+        ax2.axhline(0.5, color="C3", ls=":", lw=1)
+        ax2.set_ylim(-0.05, 1.05)
+        ax2.set_xlabel("adaptive flip strength")
+        ax2.set_ylabel("malicious participant-rounds excluded", color="C3")
+        ax3 = ax2.twinx()
+        ax3.grid(False)
+        for defense, style, lab in (("none", "o--", "damage, no defense"), ("pca", "^-", "damage, PCA defense")):
+            d, sd = series("damage", defense)
+            ax3.errorbar(d.index, d, yerr=sd, fmt=style, color="C0" if defense == "none" else "C2", capsize=3, label=lab)
+        ax3.set_ylabel("source recall loss (pp)")
+        lines = ax2.get_legend_handles_labels()
+        lines3 = ax3.get_legend_handles_labels()
+        ax2.legend(lines[0] + lines3[0], lines[1] + lines3[1], fontsize=8, loc="upper left")
+        ax2.set_title("online PCA defense vs strength")
+    fig.tight_layout()
+    return fig

@@ -255,9 +255,12 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     return written
 
 
-def render(plan, out_name: str, root: Path = REPO_ROOT, reports_dir: Path | None = None, log=print) -> list[Path]:
-    """papermill over the prepared notebooks, every run read from the store (training forbidden)."""
+def render(plan, out_name: str, root: Path = REPO_ROOT, reports_dir: Path | None = None, log=print,
+           jobs: int | None = None) -> list[Path]:  # fmt: skip
+    """papermill over the prepared notebooks, every run read from the store (training
+    forbidden), `jobs` notebooks at a time (default: one per core)."""
     import os
+    from concurrent.futures import ThreadPoolExecutor
 
     import papermill
 
@@ -271,26 +274,32 @@ def render(plan, out_name: str, root: Path = REPO_ROOT, reports_dir: Path | None
     t_all = time.perf_counter()
     old = os.environ.get(RENDER_ONLY_ENV)
     os.environ[RENDER_ONLY_ENV] = "1"  # the kernels inherit it
+    def one(nb, params) -> list[Path]:
+        target = reports_dir / nb.name
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(root),
+                                       progress_bar=False, kernel_name="python3")  # fmt: skip
+        except papermill.PapermillExecutionError as e:
+            cell = _failed_cell(target)
+            raise RuntimeError(f"{nb.name} failed after {time.perf_counter() - t0:.0f} s (partial output: "
+                               f"{target})\n{cell or e.ename + ': ' + e.evalue}") from None  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - e.g. a dead kernel: report it like a failed cell
+            raise RuntimeError(f"{nb.name} failed after {time.perf_counter() - t0:.0f} s (partial output: "
+                               f"{target}): {type(e).__name__}: {e}") from None  # fmt: skip
+        html = export_html(target)
+        log(f"  {nb.name} done in {time.perf_counter() - t0:.0f} s")
+        return [target, html]
+
+    # Each notebook runs in its own kernel process, mostly single-threaded Python (loading
+    # stored runs, tables, figures), so `jobs` of them at once use that many cores.
+    jobs = max(1, min(jobs or (os.cpu_count() or 1), len(plan)))
+    log(f"rendering {len(plan)} notebooks, {jobs} at a time")
     try:
-        for i, (nb, params, _) in enumerate(plan, 1):
-            target = reports_dir / nb.name
-            log(f"[{i}/{len(plan)}] {nb.name} ...", end="", flush=True)
-            t0 = time.perf_counter()
-            try:
-                papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(root),
-                                           progress_bar=False, kernel_name="python3")  # fmt: skip
-            except papermill.PapermillExecutionError as e:
-                log(f" FAILED after {time.perf_counter() - t0:.0f} s")
-                cell = _failed_cell(target)
-                raise RuntimeError(f"{nb.name} failed (partial output: {target})\n"
-                                   f"{cell or e.ename + ': ' + e.evalue}") from None  # fmt: skip
-            except Exception as e:  # noqa: BLE001 - e.g. a dead kernel: report it like a failed cell
-                log(f" FAILED after {time.perf_counter() - t0:.0f} s")
-                raise RuntimeError(f"{nb.name} failed (partial output: {target}): "
-                                   f"{type(e).__name__}: {e}") from None  # fmt: skip
-            html = export_html(target)
-            written += [target, html]
-            log(f" done in {time.perf_counter() - t0:.0f} s")
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(one, nb, params) for nb, params, _ in plan]
+            for f in futures:  # in plan order; the first failure is raised after the others end
+                written += f.result()
     finally:
         if old is None:
             os.environ.pop(RENDER_ONLY_ENV, None)

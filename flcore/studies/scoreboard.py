@@ -136,6 +136,7 @@ def final_frame(res: Result, defense: str, attack: str) -> pd.DataFrame:
     f["attack_success"] = f["repeat"].map(final_asr(res)).astype(float)
     f["has_trigger"] = bool(res.config.build_attack().has_trigger) and attack != CLEAN
     f["flags"] = res.excluded is not None
+    f["equals_mean"] = res.config.build_aggregator().equals_mean(res.config.k) or ""
     return _finish(f, defense, attack)
 
 
@@ -248,6 +249,7 @@ def scoreboard_summary(table: pd.DataFrame, final: pd.DataFrame | None = None) -
             row[col] = r["mean"].iloc[0] if len(r) else np.nan
             row[f"{col}_std"] = r["std"].iloc[0] if len(r) else np.nan
         row.update(_detection(g, att, final, (d, s, t, name)))
+        row["note"] = _note(final, (d, s, t, name))
         cells = att[att["metric"] == "source_recall"]
         row["cells"] = len(cells)
         row["min_runs"] = int(cells["runs"].min()) if len(cells) else 0
@@ -265,6 +267,17 @@ def scoreboard_summary(table: pd.DataFrame, final: pd.DataFrame | None = None) -
         out[f"vs_none_{col[6:]}"] = out[col] - ref
         out[f"vs_none_{col[6:]}_std"] = np.hypot(out[f"{col}_std"], ref_sd)
     return _sorted(out)
+
+
+def _note(final: pd.DataFrame | None, key) -> str:
+    """Why the defense of `key` (pair, defense) is the plain mean here (`equals_mean` of its
+    runs in `final`), or ""."""
+    if final is None or "equals_mean" not in final:
+        return ""
+    d, s, t, name = key
+    f = final[(final["dataset"] == d) & (final["src"] == s) & (final["tgt"] == t) & (final["defense"] == name)]
+    notes = [n for n in f["equals_mean"].fillna("").unique() if n]
+    return notes[0] if notes else ""
 
 
 def _detection(g: pd.DataFrame, att: pd.DataFrame, final: pd.DataFrame | None, key) -> dict:
@@ -365,6 +378,8 @@ def agreement_scoreboard(summary: pd.DataFrame) -> str:
                 parts.append(f"clean-run cost {cost:+.1f} pp M_acc ({txt})")
             if np.isfinite(r["detection_recall"]) or np.isfinite(r["detection_fpr_clean"]):
                 parts.append(_detection_text(r))
+            if isinstance(r.get("note"), str) and r["note"]:
+                parts.append(f"**it equals FedAvg by construction here**: {r['note']}")
             out.append("; ".join(parts) + ".")
     if n_all:
         out.append(f"**{n_big} of {n_all} headline differences are larger than their standard deviation**"
