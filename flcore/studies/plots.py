@@ -317,7 +317,7 @@ def fig_adaptive_tradeoff(table: pd.DataFrame):
     fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.8 * len(groups)), squeeze=False)
     for (key, g), (ax, ax2) in zip(groups, axes):
 
-        def series(metric, defense):
+        def series(metric, defense, g=g):
             s = g[(g["metric"] == metric) & (g["defense"] == defense)].set_index("strength").sort_index()
             return s["mean"], s["std"].fillna(0.0)
 
