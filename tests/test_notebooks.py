@@ -32,14 +32,15 @@ TINY = {
     "07_noniid": {"repeats": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.4], "betas": ["iid", 0.5],
                   "defenses": ["pca", "median"], "pca_params": {"start_round": 2, "min_rows": 10}},
     "08_scoreboard": {"repeats": 2, "pairs": [["fmnist", 4, 6]], "m_values": [0.4], "defenses": ["pca", "median"],
-                      "attacks": ["label_flip", "backdoor"], "pca_params": {"start_round": 2, "min_rows": 10}},
+                      "attacks": ["label_flip", "backdoor"], "pca_params": {"start_round": 2, "min_rows": 10},
+                      "tradeoff_strengths": [1.0], "tradeoff_rounds": 3, "tradeoff_repeats": 2},
 }  # fmt: skip
 FIGURES = ["fig1_feasibility", "fig2_acc_vs_recall", "fig3_early_poisoning", "fig4_late_poisoning",
            "fig5_availability", "fig6_alpha_rounds", "fig7_recall_change", "fig8_defense_pca",
-           "fig_defense_comparison", "fig_noniid_damage", "fig_noniid_roc", "fig_scoreboard"]  # fmt: skip
+           "fig_defense_comparison", "fig_noniid_damage", "fig_noniid_roc", "fig_scoreboard", "fig_adaptive_tradeoff"]  # fmt: skip
 TABLES = ["table2_source_recall_loss", "table3_targeting", "table4_final_source_recall",
           "table_defense_detection", "table_defense_comparison", "table_noniid", "table_noniid_roc",
-          "table_noniid_roc_curve", "table_scoreboard", "table_scoreboard_summary"]  # fmt: skip
+          "table_noniid_roc_curve", "table_scoreboard", "table_scoreboard_summary", "table_adaptive_tradeoff"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
