@@ -195,3 +195,19 @@ def test_report_is_written_from_the_stored_runs(in_process, tmp_path):
         assert f"| {r.mean:.1f} |" in line and f"| {r.runs} |" in line, line
     assert not any(k.startswith("1→3") for k in rows)  # a pair the profile does not plan
     assert "configurations computed: **" in text and "## The paper's findings" in text
+
+
+def test_client_state_profile_plans_the_same_cells_persistent():
+    """paper-fmnist-persistent plans paper-fmnist's Table 2 and Table 4 runs (notebooks 01 and
+    03) with the authors' client state: every configuration persistent, no store key shared."""
+    _, nbs = prepare("paper-fmnist-persistent")
+    persistent = planned_configs(nbs)
+    assert set(persistent) == {"01_feasibility", "03_timing"}
+    assert all(c.client_state == "persistent" for cs in persistent.values() for c in cs)
+    _, nbs = prepare("paper-fmnist", only=["01", "03"])
+    stateless = planned_configs(nbs)
+    assert all(c.client_state == "stateless" for cs in stateless.values() for c in cs)
+    assert [len(cs) for cs in persistent.values()] == [len(cs) for cs in stateless.values()]
+    keys = {store_key(c) for cs in stateless.values() for c in cs}
+    assert not keys & {store_key(c) for cs in persistent.values() for c in cs}
+    assert [c.replace(client_state="stateless") for c in persistent["01_feasibility"]] == stateless["01_feasibility"]

@@ -15,6 +15,7 @@ seed = 0
 n_train = {"fmnist": 1000, "cifar10": 1000}  # class-balanced subsets (None: the full set)
 n_test = {"fmnist": 500, "cifar10": 500}
 warm_start = 0  # start every run from the clean model after this many FedAvg rounds (one value or per dataset; trained once and shared; 0: from initialisation)
+client_state = "stateless"  # stateless (the paper's text) | persistent (the authors' code: each participant keeps its optimizer and its own learning-rate schedule)
 '''
 
 SETUP = '''import matplotlib.pyplot as plt
@@ -25,7 +26,7 @@ from flcore.studies import plots
 
 out = ex.figures_dir(output_dir, profile)
 common = dict(seed=seed, n_train=n_train, n_test=n_test, warm_start=warm_start, device=device,
-              precision=precision, store=results)'''
+              precision=precision, client_state=client_state, store=results)'''
 
 
 def nb(cells):
@@ -33,8 +34,9 @@ def nb(cells):
     n.metadata["kernelspec"] = KERNEL
     n.metadata["language_info"] = {"name": "python"}
     out = []
-    for kind, src, *tags in cells:
+    for i, (kind, src, *tags) in enumerate(cells):
         c = nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
+        c["id"] = f"cell-{i:02d}"  # stable ids: regenerating changes only what changed
         if tags:
             c.metadata["tags"] = tags
         out.append(c)

@@ -21,11 +21,11 @@ from flcore.studies import noniid as nx
 from flcore.studies import scoreboard as sb
 
 # the parameters every notebook has (tools/build_notebooks.py, COMMON) that reach Config
-_COMMON = ("seed", "n_train", "n_test", "warm_start", "device", "precision")
+_COMMON = ("seed", "n_train", "n_test", "warm_start", "device", "precision", "client_state")
 
 
 def _common(p: dict) -> dict:
-    return {k: p[k] for k in _COMMON}
+    return {k: p[k] for k in _COMMON if k in p}  # client_state came later: absent means stateless
 
 
 def feasibility_jobs(p: dict) -> list:

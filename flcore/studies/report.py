@@ -183,17 +183,16 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
     return out
 
 
-def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = REPO_ROOT, log=print,
-          params_dir: Path | None = None, extra: dict | None = None) -> Path:  # fmt: skip
-    """Write the report of `profile`'s stored runs to `out` (default docs/REPRODUCTION.md).
-    params_dir, extra: as for `flcore.studies.reproduce.execute`."""
-    from flcore.runs.compute import experiment_rounds, plan
+def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None, extra: dict | None = None) -> dict:
+    """`profile`'s plan and stored runs (its committed export imported first), and the frames
+    of notebooks 01 (feasibility: final, pairs) and 03 (timing: late, timing_rounds,
+    break_round); a frame whose notebook the profile does not run is None."""
+    from flcore.runs.compute import plan
     from flcore.runs.export import import_runs
     from flcore.runs.runner import resolved, store_key
     from flcore.studies.plan import feasibility_jobs, timing_jobs
     from flcore.studies.reproduce import _figures_of, _store_of, planned_configs, prepare
 
-    out = out or root / "docs" / "REPRODUCTION.md"
     out_name, nbs = prepare(profile, None, None, root, params_dir, extra)
     store = _store_of(nbs)
     runs_dir = _figures_of(nbs, out_name, root) / "runs"
@@ -201,26 +200,97 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         import_runs(runs_dir, store)
     per_nb = planned_configs(nbs)
     everything = [c for cs in per_nb.values() for c in cs]
-    p = plan(everything, store)
     params = {nb.stem: full for nb, _, full in nbs}
     results = _load(everything, store)
 
     def get(cfg):
         return results.get(store_key(resolved(cfg)))
 
-    final = t2 = late = timing_rounds = None
-    pairs: set = set()
-    break_round = 75
+    d = {"out_name": out_name, "plan": plan(everything, store), "params": params, "results": results,
+         "final": None, "late": None, "timing_rounds": None, "pairs": set(), "break_round": 75}  # fmt: skip
     p1 = params.get("01_feasibility")
     if p1 is not None:
         jobs = feasibility_jobs(p1)
-        pairs = {tuple(x) for x in ex.pair_list(p1["pairs"])}
-        final = ex.feasibility_frame([get(c) for c, _, _ in jobs], jobs, p1.get("curves", False))
+        d["pairs"] = {tuple(x) for x in ex.pair_list(p1["pairs"])}
+        d["final"] = ex.feasibility_frame([get(c) for c, _, _ in jobs], jobs, p1.get("curves", False))
     p3 = params.get("03_timing")
     if p3 is not None:
-        break_round = p3["break_round"]
+        d["break_round"] = p3["break_round"]
         jobs = timing_jobs(p3)
-        timing_rounds, late = ex.timing_frames([get(c) for c, *_ in jobs], jobs)
+        d["timing_rounds"], d["late"] = ex.timing_frames([get(c) for c, *_ in jobs], jobs)
+    return d
+
+
+def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str) -> str:
+    """Table 2's final-round loss and Table 4's final source recall of two profiles that differ
+    in client state (`a`, `b`: their labels), beside the paper's, and which is closer per cell
+    (only where both have runs)."""
+    t2a = ex.table2(final_a) if _has_t2(final_a) else None
+    t2b = ex.table2(final_b) if _has_t2(final_b) else None
+    rows = []
+    paper = ex.PAPER_TABLE2[ex.PAPER_TABLE2["dataset"] == DATASET]
+    for r in paper.itertuples(index=False):
+        if (DATASET, r.src, r.tgt) not in pairs:
+            continue
+        va, vb = (_cell(t, r.src, r.tgt, r.m) for t in (t2a, t2b))
+        rows.append({"table": "2 (loss, pp)", "pair": f"{r.src}→{r.tgt}", "m": f"{100 * r.m:g}%",
+                     "paper": _fmt(r.loss, 2), a: _fmt(va), b: _fmt(vb), "closer": _closer(va, vb, r.loss, a, b)})  # fmt: skip
+    t4a = ex.table4(late_a) if late_a is not None and len(late_a) else None
+    t4b = ex.table4(late_b) if late_b is not None and len(late_b) else None
+    p4 = ex.PAPER_TABLE4[ex.PAPER_TABLE4["dataset"] == DATASET]
+    for r in p4.itertuples(index=False):
+        if (DATASET, r.src, r.tgt) not in pairs:
+            continue
+        for setting, pv in (("malicious_in_PR", r.malicious_in_PR), ("none_in_PR", r.none_in_PR)):
+            va, vb = (_t4(t, r.src, r.tgt, setting) for t in (t4a, t4b))
+            rows.append({"table": f"4 ({setting}, %)", "pair": f"{r.src}→{r.tgt}", "m": "10%", "paper": _fmt(pv, 2),
+                         a: _fmt(va), b: _fmt(vb), "closer": _closer(va, vb, pv, a, b)})  # fmt: skip
+    df = pd.DataFrame(rows)
+    done = df[df["closer"] != "–"]
+    tally = (f"Of the {len(done)} cells computed in both modes, {a} is closer to the paper in "
+             f"{int((done['closer'] == a).sum())} and {b} in {int((done['closer'] == b).sum())}."
+             if len(done) else "No cell is computed in both modes yet.")  # fmt: skip
+    return _md(df) + "\n\n" + tally
+
+
+def _has_t2(final) -> bool:
+    return final is not None and (final["m"] == 0).any() and (final["m"] > 0).any()
+
+
+def _cell(t2, src, tgt, m) -> float:
+    if t2 is None:
+        return math.nan
+    got = t2[(t2["src"] == src) & (t2["tgt"] == tgt) & np.isclose(t2["m"], m)]
+    return float(got["mean"].iloc[0]) if len(got) else math.nan
+
+
+def _t4(t4, src, tgt, setting) -> float:
+    if t4 is None:
+        return math.nan
+    got = t4[(t4["src"] == src) & (t4["tgt"] == tgt) & (t4["setting"] == setting)]
+    return float(got["mean"].iloc[0]) if len(got) else math.nan
+
+
+def _closer(va: float, vb: float, paper: float, a: str, b: str) -> str:
+    if not (np.isfinite(va) and np.isfinite(vb)):
+        return "–"
+    da, db = abs(va - paper), abs(vb - paper)
+    return a if da < db else b if db < da else "tie"
+
+
+def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = REPO_ROOT, log=print,
+          params_dir: Path | None = None, extra: dict | None = None) -> Path:  # fmt: skip
+    """Write the report of `profile`'s stored runs to `out` (default docs/REPRODUCTION.md).
+    params_dir, extra: as for `flcore.studies.reproduce.execute`."""
+    from flcore.runs.compute import experiment_rounds
+    from flcore.studies.reproduce import profile_settings
+
+    out = out or root / "docs" / "REPRODUCTION.md"
+    d = _frames(profile, root, params_dir, extra)
+    out_name, p, params, results = d["out_name"], d["plan"], d["params"], d["results"]
+    final, late, timing_rounds, pairs, break_round = (d["final"], d["late"], d["timing_rounds"], d["pairs"],
+                                                      d["break_round"])  # fmt: skip
+    p1 = params.get("01_feasibility")
     last = ex.last_rounds(p1["rounds"]) if p1 else 20
     t2_md, t2 = table2_section(final, pairs, last)
     clean_line = "- the clean model (m = 0): not computed yet."
@@ -247,7 +317,8 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         "",
         "Fashion-MNIST as in the paper: 200 rounds from initialisation, the full 60,000 / 10,000 "
         "images, N = 50 participants, k = 5 per round, batch 4, one local epoch, fp32, one torch "
-        "thread per stack of 3 federations (the profile `params/paper-fmnist/`). Loss in source recall "
+        f"thread per stack of 3 federations, {(p1 or {}).get('client_state', 'stateless')} participants "
+        f"(the profile `params/{profile}/`). Loss in source recall "
         "is paired by repeat: the poisoned and the clean federation of repeat j share partition, "
         "initial weights, selection and batch order. Confidence intervals are 95% Student-t "
         "intervals of the mean over repeats; the paper reports no spread for its tables.",
@@ -280,6 +351,29 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         "",
         table4_section(late, pairs),
         "",
+    ]
+    settings = profile_settings(profile, params_dir or root / "params" / profile)
+    other = settings.get("compare_with")
+    if other:
+        o = _frames(other, root, None, extra)
+        mode_a = (p1 or {}).get("client_state", "stateless")
+        mode_b = (o["params"].get("01_feasibility") or {}).get("client_state", "stateless")
+        a, b = f"{profile} ({mode_a})", f"{other} ({mode_b})"
+        lines += [
+            "## Client state: the paper's text or the authors' code",
+            "",
+            "The paper's text describes stateless participants (a fresh optimizer each round, the "
+            "learning rate by global round); in the authors' code each participant keeps its SGD "
+            "optimizer and step-LR scheduler for the whole run, so its momentum survives between "
+            "its selections and its learning rate decays with its own count of training calls "
+            f"(`Config(client_state=\"persistent\")`). The profile `{other}` runs the same Table 2 and "
+            f"Table 4 cells that way ({len(o['plan'].stored)} of {len(o['plan'].configs)} configurations "
+            "computed). Per cell, the final-round mean of each mode and which is closer to the paper:",
+            "",
+            client_state_section(final, late, o["final"], o["late"], pairs, a, b),
+            "",
+        ]
+    lines += [
         "## The paper's findings",
         "",
     ]

@@ -126,6 +126,8 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
                       changes fp32/bf16 rounding, so a profile computed on many machines pins it
     report:           a Markdown file written from the stored runs after rendering
                       (flcore.studies.report), e.g. docs/REPRODUCTION.md
+    compare_with:     another profile whose Table 2 and Table 4 cells the report sets beside
+                      this one's (e.g. the same runs with the authors' client state)
     """
     import yaml
 
@@ -133,7 +135,7 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
     if not path.exists():
         return {}
     d = yaml.safe_load(path.read_text()) or {}
-    allowed = {"export", "max_federations", "threads", "report", "description"}
+    allowed = {"export", "max_federations", "threads", "report", "description", "compare_with"}
     bad = sorted(set(d) - allowed) if isinstance(d, dict) else ["(not a mapping)"]
     if bad:
         raise ParameterError(f"{path}: unknown setting {bad[0]!r} (valid: {', '.join(sorted(allowed))})")
