@@ -331,3 +331,22 @@ def test_persistent_clients_refuse_a_warm_start():
         Config(client_state="persistent", warm_start=5)
     with pytest.raises(ConfigError, match="did you mean 'persistent'"):
         Config(client_state="persistant")
+
+
+def test_stacks_count_twins_and_server_models_against_the_memory_bound():
+    """A stack holds at most max_batched_federations x k models: an attack with honest twins
+    doubles a federation's models (adaptive_flip), a root-set rule adds the server's
+    (fltrust), and the stacks shrink accordingly; the caller's federation cap still holds."""
+    from flcore.runs.runner import batches, models_per_federation, resolved
+
+    def grid(**kw):
+        return [resolved(Config(dataset="fmnist", m=m, repeats=5, **kw)) for m in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+
+    plain, twins, server = grid(), grid(attack="adaptive_flip"), grid(aggregator="fltrust")
+    assert [models_per_federation(g[0]) for g in (plain, twins, server)] == [5, 10, 6]
+    cap = plain[0].spec.max_batched_federations  # 30 federations of 5 models = 150 models
+    assert [sum(c.repeats for c in s) for s in batches(plain)] == [30]
+    assert [sum(c.repeats for c in s) for s in batches(twins)] == [15, 15]  # 15 x 10 = 150
+    assert [sum(c.repeats for c in s) for s in batches(server)] == [25, 5]  # 25 x 6 = 150
+    assert all(sum(c.repeats for c in s) * 10 <= cap * 5 for s in batches(twins))
+    assert [sum(c.repeats for c in s) for s in batches(twins, max_federations=10)] == [10, 10, 10]

@@ -248,18 +248,32 @@ def run_many(configs, *, store="results", data: Dataset | None = None, data_root
     return out
 
 
+def models_per_federation(cfg: Config) -> int:
+    """Models a federation of `cfg` trains at once in the fast engine, at most: its k
+    participants, plus an honest twin of each (an attack that needs one, e.g. adaptive_flip),
+    plus the server's model (a rule with a root set, e.g. fltrust)."""
+    twins = cfg.k if cfg.build_attack().needs_honest_twin else 0
+    server = 1 if cfg.build_aggregator().root_size() > 0 else 0
+    return cfg.k + twins + server
+
+
 def _split(idx: list[int], cfgs: list[Config], cap: int | None = None) -> list[list[int]]:
     """One batch group's configs (indices, in order) cut into stacks of at most `cap`
-    federations (default: the dataset's `max_batched_federations`, the memory bound: G = cap
-    x k models); a config with more repeats than `cap` is a stack of its own."""
-    cap = min(cap or 10**9, cfgs[idx[0]].spec.max_batched_federations)
-    out, batch, size = [], [], 0
+    federations and at most the dataset's memory bound, `max_batched_federations` x k models
+    (counting each federation's honest twins and server model, `models_per_federation`); a
+    config larger than either is a stack of its own."""
+    first = cfgs[idx[0]]
+    cap = cap or 10**9
+    models_cap = first.spec.max_batched_federations * first.k
+    per = models_per_federation(first)  # the same for every config of a batch group
+    out, batch, feds = [], [], 0
     for i in idx:
-        if batch and size + cfgs[i].repeats > cap:
+        r = cfgs[i].repeats
+        if batch and (feds + r > cap or (feds + r) * per > models_cap):
             out.append(batch)
-            batch, size = [], 0
+            batch, feds = [], 0
         batch.append(i)
-        size += cfgs[i].repeats
+        feds += r
     if batch:
         out.append(batch)
     return out
