@@ -42,6 +42,23 @@ __all__ = ["Config", "ConfigError", "suggest"]
 KEY_NEUTRAL: dict[str, Any] = {}
 
 
+def _outside_stacklevel() -> int:
+    """The `stacklevel` of the first caller outside flcore and `dataclasses` (a warning then
+    points at the user's line, whether the Config was made directly or by `replace`)."""
+    import os
+    import sys
+
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.abspath(dataclasses.__file__))
+    frame, level = sys._getframe(1), 1
+    def ours(code) -> bool:  # flcore, dataclasses, or the __init__ dataclasses generates
+        return (code.co_filename == "<string>" and code.co_name == "__init__") or os.path.abspath(
+            code.co_filename).startswith(inside)  # fmt: skip
+
+    while frame is not None and ours(frame.f_code):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @dataclass(frozen=True)
 class Config:
     """One experiment: a federation, an attack, a selection strategy and its repeats.
@@ -361,4 +378,5 @@ class Config:
         self.resolved_params()  # every option of every extension, checked against this config
         reason = self.build_aggregator().equals_mean(self.k)
         if reason:  # valid, but the rule is FedAvg in disguise: say so, once per place
-            warnings.warn(f"aggregator={self.aggregator!r}: {reason}", MeanEquivalentWarning, stacklevel=4)
+            warnings.warn(f"aggregator={self.aggregator!r}: {reason}", MeanEquivalentWarning,
+                          stacklevel=_outside_stacklevel())  # fmt: skip
