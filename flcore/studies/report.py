@@ -82,20 +82,47 @@ def _with_ci(t: pd.DataFrame, mean="mean", std="std", runs="runs") -> pd.DataFra
     return t
 
 
+def _t2_of(final: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Table 2 of the runs, or None while the clean baseline or every attacked run is missing."""
+    ok = final is not None and (final["m"] == 0).any() and (final["m"] > 0).any()
+    return ex.table2(final) if ok else None
+
+
+def _t4_of(late: pd.DataFrame | None) -> pd.DataFrame | None:
+    return ex.table4(late) if late is not None and len(late) else None
+
+
+def _row(t: pd.DataFrame | None, src: int, tgt: int, m: float | None = None, setting: str | None = None):
+    """One cell of a per-pair table (Table 2 by m; Tables 3 and 4 by setting), or None."""
+    if t is None:
+        return None
+    sel = (t["src"] == src) & (t["tgt"] == tgt)
+    if m is not None:
+        sel &= np.isclose(t["m"], m)
+    if setting is not None:
+        sel &= t["setting"] == setting
+    got = t[sel]
+    return None if got.empty else got.iloc[0]
+
+
+def _stats(row, prefix: str = "") -> tuple[float, float, int]:
+    """(mean, std, runs) of a cell, (nan, nan, 0) where it has none."""
+    if row is None or f"{prefix}mean" not in row.index:
+        return math.nan, math.nan, 0
+    return float(row[f"{prefix}mean"]), float(row[f"{prefix}std"]), int(row[f"{prefix}runs"])
+
+
 def table2_section(final: pd.DataFrame | None, pairs, last: int = 20) -> tuple[str, pd.DataFrame]:
     paper = ex.PAPER_TABLE2[ex.PAPER_TABLE2["dataset"] == DATASET]
-    t2 = ex.table2(final) if final is not None and (final["m"] == 0).any() and (final["m"] > 0).any() else None
+    t2 = _t2_of(final)
     rows = []
     for r in paper.itertuples(index=False):
         if (DATASET, r.src, r.tgt) not in pairs:
             continue
-        got = None if t2 is None else t2[(t2["src"] == r.src) & (t2["tgt"] == r.tgt) & np.isclose(t2["m"], r.m)]
-        mean, std, n = (math.nan, math.nan, 0) if got is None or got.empty else (
-            float(got["mean"].iloc[0]), float(got["std"].iloc[0]), int(got["runs"].iloc[0]))
+        got = _row(t2, r.src, r.tgt, m=r.m)
+        mean, std, n = _stats(got)
         half = ci95(std, n)
-        lm, ls, ln = math.nan, math.nan, 0
-        if got is not None and not got.empty and "last_mean" in got:
-            lm, ls, ln = float(got["last_mean"].iloc[0]), float(got["last_std"].iloc[0]), int(got["last_runs"].iloc[0])
+        lm, ls, ln = _stats(got, "last_")
         lh = ci95(ls, ln)
         rows.append({"pair": f"{r.src}→{r.tgt}", "m": f"{100 * r.m:g}%", "paper": _fmt(r.loss, 2),
                      "ours (final round)": _fmt(mean), "95% CI": f"± {_fmt(half)}", "runs": n,
@@ -116,27 +143,26 @@ def table3_section(final: pd.DataFrame | None, m: float) -> str:
     for r in paper.itertuples(index=False):
         for setting, lab in labels.items():
             p = r.delta_others_sum if setting.startswith("delta_others") else getattr(r, setting)
-            got = None if t3 is None else t3[(t3["src"] == r.src) & (t3["tgt"] == r.tgt) & (t3["setting"] == setting)]
-            mean, std, n = (math.nan, math.nan, 0) if got is None or got.empty else (
-                float(got["mean"].iloc[0]), float(got["std"].iloc[0]), int(got["runs"].iloc[0]))
+            mean, std, n = _stats(_row(t3, r.src, r.tgt, setting=setting))
             half = ci95(std, n)
             rows.append({"pair": f"{r.src}→{r.tgt}", "change of": lab, "paper": _fmt(p, 2), "ours": _fmt(mean, 2),
                          "95% CI": f"± {_fmt(half, 2)}", "runs": n, "verdict": verdict(mean, half, p, n)})  # fmt: skip
     return _md(pd.DataFrame(rows))
 
 
+_T4_SETTINGS = (("malicious_in_PR", "≥ 1 malicious in the last round"), ("none_in_PR", "none"))
+
+
 def table4_section(late: pd.DataFrame | None, pairs) -> str:
     paper = ex.PAPER_TABLE4[ex.PAPER_TABLE4["dataset"] == DATASET]
-    t4 = ex.table4(late) if late is not None and len(late) else None
+    t4 = _t4_of(late)
     rows = []
     for r in paper.itertuples(index=False):
         if (DATASET, r.src, r.tgt) not in pairs:
             continue
-        for setting, lab in (("malicious_in_PR", "≥ 1 malicious in the last round"), ("none_in_PR", "none")):
+        for setting, lab in _T4_SETTINGS:
             p = getattr(r, setting)
-            got = None if t4 is None else t4[(t4["src"] == r.src) & (t4["tgt"] == r.tgt) & (t4["setting"] == setting)]
-            mean, std, n = (math.nan, math.nan, 0) if got is None or got.empty else (
-                float(got["mean"].iloc[0]), float(got["std"].iloc[0]), int(got["runs"].iloc[0]))
+            mean, std, n = _stats(_row(t4, r.src, r.tgt, setting=setting))
             half = ci95(std, n)
             rows.append({"pair": f"{r.src}→{r.tgt}", "last round": lab, "paper": _fmt(p, 2), "ours": _fmt(mean),
                          "95% CI": f"± {_fmt(half)}", "runs": n, "verdict": verdict(mean, half, p, n)})  # fmt: skip
@@ -225,24 +251,23 @@ def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str
     """Table 2's final-round loss and Table 4's final source recall of two profiles that differ
     in client state (`a`, `b`: their labels), beside the paper's, and which is closer per cell
     (only where both have runs)."""
-    t2a = ex.table2(final_a) if _has_t2(final_a) else None
-    t2b = ex.table2(final_b) if _has_t2(final_b) else None
+    t2a, t2b = _t2_of(final_a), _t2_of(final_b)
     rows = []
     paper = ex.PAPER_TABLE2[ex.PAPER_TABLE2["dataset"] == DATASET]
     for r in paper.itertuples(index=False):
         if (DATASET, r.src, r.tgt) not in pairs:
             continue
-        va, vb = (_cell(t, r.src, r.tgt, r.m) for t in (t2a, t2b))
+        va, vb = (_stats(_row(t, r.src, r.tgt, m=r.m))[0] for t in (t2a, t2b))
         rows.append({"table": "2 (loss, pp)", "pair": f"{r.src}→{r.tgt}", "m": f"{100 * r.m:g}%",
                      "paper": _fmt(r.loss, 2), a: _fmt(va), b: _fmt(vb), "closer": _closer(va, vb, r.loss, a, b)})  # fmt: skip
-    t4a = ex.table4(late_a) if late_a is not None and len(late_a) else None
-    t4b = ex.table4(late_b) if late_b is not None and len(late_b) else None
+    t4a, t4b = _t4_of(late_a), _t4_of(late_b)
     p4 = ex.PAPER_TABLE4[ex.PAPER_TABLE4["dataset"] == DATASET]
     for r in p4.itertuples(index=False):
         if (DATASET, r.src, r.tgt) not in pairs:
             continue
-        for setting, pv in (("malicious_in_PR", r.malicious_in_PR), ("none_in_PR", r.none_in_PR)):
-            va, vb = (_t4(t, r.src, r.tgt, setting) for t in (t4a, t4b))
+        for setting, _ in _T4_SETTINGS:
+            pv = getattr(r, setting)
+            va, vb = (_stats(_row(t, r.src, r.tgt, setting=setting))[0] for t in (t4a, t4b))
             rows.append({"table": f"4 ({setting}, %)", "pair": f"{r.src}→{r.tgt}", "m": "10%", "paper": _fmt(pv, 2),
                          a: _fmt(va), b: _fmt(vb), "closer": _closer(va, vb, pv, a, b)})  # fmt: skip
     df = pd.DataFrame(rows)
@@ -251,24 +276,6 @@ def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str
              f"{int((done['closer'] == a).sum())} and {b} in {int((done['closer'] == b).sum())}."
              if len(done) else "No cell is computed in both modes yet.")  # fmt: skip
     return _md(df) + "\n\n" + tally
-
-
-def _has_t2(final) -> bool:
-    return final is not None and (final["m"] == 0).any() and (final["m"] > 0).any()
-
-
-def _cell(t2, src, tgt, m) -> float:
-    if t2 is None:
-        return math.nan
-    got = t2[(t2["src"] == src) & (t2["tgt"] == tgt) & np.isclose(t2["m"], m)]
-    return float(got["mean"].iloc[0]) if len(got) else math.nan
-
-
-def _t4(t4, src, tgt, setting) -> float:
-    if t4 is None:
-        return math.nan
-    got = t4[(t4["src"] == src) & (t4["tgt"] == tgt) & (t4["setting"] == setting)]
-    return float(got["mean"].iloc[0]) if len(got) else math.nan
 
 
 def _closer(va: float, vb: float, paper: float, a: str, b: str) -> str:
