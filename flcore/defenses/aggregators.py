@@ -409,7 +409,11 @@ class Aggregator:
 AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator", "aggregator")
 
 
-def _function_rule(name_: str, fn, params_cls=NoParams, weighted: bool = False) -> type[Aggregator]:
+def _function_rule(name_: str, fn, params_cls=NoParams, weighted: bool = False,
+                   equals_mean=None) -> type[Aggregator]:
+    """Register the stateless rule `fn(rows, **params)` as an aggregator; `equals_mean(params, k)`,
+    when given, is its `Aggregator.equals_mean`."""
+
     class _Rule(Aggregator):
         name, Params = name_, params_cls
         __doc__ = fn.__doc__
@@ -418,24 +422,24 @@ def _function_rule(name_: str, fn, params_cls=NoParams, weighted: bool = False) 
             extra = {"weights": weights} if weighted and weights is not None else {}
             return fn(rows, **self.params.to_dict(), **extra)
 
+        def equals_mean(self, k: int) -> str | None:
+            return None if equals_mean is None else equals_mean(self.params, k)
+
     _Rule.__name__ = _Rule.__qualname__ = f"{name_}_rule"
     return AGGREGATORS.register(_Rule)
 
 
-_function_rule("fedavg", fedavg, weighted=True)
-_function_rule("median", coordinate_median)
-_TrimmedMean = _function_rule("trimmed_mean", trimmed_mean, TrimmedMeanParams)
-
-
-def _trimmed_equals_mean(self, k: int) -> str | None:
-    beta = self.params.beta
+def _trimmed_equals_mean(params: TrimmedMeanParams, k: int) -> str | None:
+    beta = params.beta
     if int(beta * k) == 0:
         return (f"trimmed mean with beta={beta:g} trims floor(beta * k) = 0 of the k={k} values at each "
                 f"end: it is the plain mean; raise beta to at least {1 / k:g}")  # fmt: skip
     return None
 
 
-_TrimmedMean.equals_mean = _trimmed_equals_mean
+_function_rule("fedavg", fedavg, weighted=True)
+_function_rule("median", coordinate_median)
+_function_rule("trimmed_mean", trimmed_mean, TrimmedMeanParams, equals_mean=_trimmed_equals_mean)
 _function_rule("krum", krum, KrumParams)
 _function_rule("multi_krum", multi_krum, MultiKrumParams)
 
