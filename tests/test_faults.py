@@ -168,3 +168,38 @@ def test_damaged_entry_is_detected_and_recomputed(tmp_path):
     assert any(q.name.startswith(victim) for q in (tmp_path / "_quarantine").iterdir())
     assert_same_entry(Store(tmp_path).get(victim), original)  # recomputed, same numbers
     assert entry_ids(tmp_path)[other] == before_other
+
+
+class _Recorder:
+    """A stand-in for the compute bar: records every advance."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.steps = total, []
+
+    def update(self, n: int = 1) -> None:
+        self.steps.append(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@pytest.mark.parametrize("where", ["in-process", "dask"])
+def test_compute_bar_advances_every_round(tmp_path, monkeypatch, cluster, where):
+    """The compute bar moves as rounds finish, not only when a whole stack is stored: from
+    this process, and from Dask workers through their per-round events."""
+    import flcore.runs.compute as cp
+
+    bars: list[_Recorder] = []
+    monkeypatch.setattr(cp, "_bar", lambda progress, total: bars.append(_Recorder(total)) or bars[-1])
+    cfgs = S.expand({**TINY, "rounds": 6, "repeats": 2, "m": [0.0, 0.2]})  # one stack of 2 configs
+    stats = cp.compute(cfgs, tmp_path / "results", None if where == "in-process" else cluster, threads=1)
+    (bar,) = bars
+    assert stats["stacks"] == 1 and bar.total == 2 * 6 * 2
+    assert sum(bar.steps) == bar.total and all(n > 0 for n in bar.steps)
+    if where == "in-process":
+        assert bar.steps == [4] * 6  # 2 configs x 2 repeats per round
+    else:  # events travel asynchronously: at least one came before the stack was stored
+        assert len(bar.steps) > 1, bar.steps

@@ -109,9 +109,14 @@ def plan(configs, store="results", max_federations: int | None = None) -> Plan:
     return out
 
 
-def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | None = None) -> list[str]:
+def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | None = None,
+              progress=None) -> list[str]:  # fmt: skip
     """Train one stack whole and store the members the store lacks; returns the store keys.
-    The Dask task: it takes plain values only, so it pickles anywhere."""
+    The Dask task: it takes plain values only, so it pickles anywhere.
+
+    progress: None; a callable, called after each round with the fraction of the stack done; or
+    (topic, stack): on a Dask worker, each round is logged as the event {"stack": stack,
+    "fraction": ...} under `topic` (`distributed.Worker.log_event`) for the client's bar."""
     import torch
 
     from flcore.runs.runner import run, train_stack
@@ -121,13 +126,27 @@ def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | 
         torch.set_num_threads(int(threads))
     try:
         cfgs = [Config.from_dict(d) for d in cfg_dicts]
+        on_round = _round_reporter(progress, cfgs[0].rounds)
         if len(cfgs) == 1 and cfgs[0].engine != "fast":
             run(cfgs[0], store=store, data_root=data_root, progress=False)
         else:
-            train_stack(cfgs, store=store, data_root=data_root)
+            train_stack(cfgs, store=store, data_root=data_root, on_round=on_round)
         return [store_key(c) for c in cfgs]
     finally:
         torch.set_num_threads(before)
+
+
+def _round_reporter(progress, rounds: int):
+    """`run_stack`'s progress as a per-round callback of the rounds done (None: no reports)."""
+    if progress is None:
+        return None
+    if callable(progress):
+        return lambda r: progress(r / rounds)
+    from distributed import get_worker
+
+    topic, stack = progress
+    worker = get_worker()
+    return lambda r: worker.log_event(topic, {"stack": stack, "fraction": r / rounds})
 
 
 def compute(configs, store="results", executor=None, *, threads: int | None = None,
@@ -142,7 +161,8 @@ def compute(configs, store="results", executor=None, *, threads: int | None = No
               keep it equal between runs that must agree to the bit.
     max_federations: at most this many federations per stack (see `plan`).
     retries:  Dask retries of a failed task (a worker that dies is rescheduled by Dask).
-    progress: a text bar over experiment-rounds (rounds x repeats), advanced per stack.
+    progress: a text bar over experiment-rounds (rounds x repeats), advanced every round of
+              every stack, also from Dask workers (their per-round events).
     on_stack: called with the stack's configs after each stack is stored (e.g. to export).
 
     Returns {configs, federations, stored, computed, stacks, warmups, experiment_rounds,
@@ -163,14 +183,18 @@ def compute(configs, store="results", executor=None, *, threads: int | None = No
         for wave in waves:
             if not wave:
                 continue
+            credit = _Credit(bar)
             if executor is None:
                 for stack in wave:
-                    run_stack([c.to_dict() for c in stack], store, data_root, threads)
-                    bar.update(sum(experiment_rounds(c) for c in stack))
+                    key = _stack_key(stack)
+                    credit.expect(key, sum(experiment_rounds(c) for c in stack))
+                    run_stack([c.to_dict() for c in stack], store, data_root, threads,
+                              progress=(lambda f, key=key: credit.set(key, f)) if progress else None)  # fmt: skip
+                    credit.set(key, 1.0)
                     if on_stack is not None:
                         on_stack(stack)
             else:
-                _run_dask(executor, wave, store, data_root, threads, retries, bar, on_stack)
+                _run_dask(executor, wave, store, data_root, threads, retries, credit, on_stack, progress)
     stats["wall_s"] = time.perf_counter() - t0
     if log is not None:
         log(f"compute: {stats['computed']} configurations in {stats['stacks']} stacks "
@@ -186,16 +210,50 @@ def _bar(progress: bool, total: int):
                 dynamic_ncols=True)  # fmt: skip
 
 
-def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retries, bar, on_stack) -> None:
+class _Credit:
+    """The compute bar's account: each stack's experiment-rounds are credited as the fraction
+    of it reported done grows (never backwards: a retried stack starts again from 0), from
+    this thread or from the Dask client's event thread."""
+
+    def __init__(self, bar) -> None:
+        import threading
+
+        self.bar, self.lock, self.total, self.done = bar, threading.Lock(), {}, {}
+
+    def expect(self, key: str, exp_rounds: int) -> None:
+        self.total[key], self.done[key] = exp_rounds, 0
+
+    def set(self, key: str, fraction: float) -> None:
+        with self.lock:
+            if key not in self.total:
+                return
+            n = int(self.total[key] * min(max(fraction, 0.0), 1.0))
+            if n > self.done[key]:
+                self.bar.update(n - self.done[key])
+                self.done[key] = n
+
+
+def _stack_key(stack: list[Config]) -> str:
+    return f"flcore-stack-{store_key(stack[0])}-{len(stack)}"
+
+
+def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retries, credit: _Credit,
+              on_stack, progress: bool) -> None:  # fmt: skip
+    import uuid
+
     from distributed import as_completed
 
     from flcore.runs.runner import describe
 
+    topic = f"flcore-progress-{uuid.uuid4().hex}"
+    if progress:
+        client.subscribe_topic(topic, lambda event: credit.set(event[1]["stack"], event[1]["fraction"]))
     futures, stacks = [], {}
     for stack in wave:
-        keys = [store_key(c) for c in stack]
+        key = _stack_key(stack)
+        credit.expect(key, sum(experiment_rounds(c) for c in stack))
         fut = client.submit(run_stack, [c.to_dict() for c in stack], store, data_root, threads,
-                            key=f"flcore-stack-{keys[0]}-{len(keys)}", pure=False, retries=retries)  # fmt: skip
+                            (topic, key) if progress else None, key=key, pure=False, retries=retries)  # fmt: skip
         futures.append(fut)
         stacks[fut.key] = stack
     try:
@@ -209,10 +267,12 @@ def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retri
                                f"with {describe(stack[0])} failed; finished stacks are stored in "
                                f"{store}: compute again to resume.")  # fmt: skip
                 raise
-            bar.update(sum(experiment_rounds(c) for c in stack))
+            credit.set(fut.key, 1.0)
             if on_stack is not None:
                 on_stack(stack)
     finally:
+        if progress:
+            client.unsubscribe_topic(topic)
         left = [f for f in futures if not f.done()]
         if left:
             client.cancel(left)

@@ -298,11 +298,12 @@ def batches(configs: list[Config], max_federations: int | None = None) -> list[l
 
 
 def train_stack(cfgs: list[Config], *, store="results", data: Dataset | None = None, data_root=None,
-                progress: bool = False) -> list[Result]:  # fmt: skip
+                progress: bool = False, on_round=None) -> list[Result]:  # fmt: skip
     """Train `cfgs` (batchable together, at most the dataset's cap of federations) as one
     stacked model, whether or not some are stored already, and store those that are not
     (stored entries are kept as they are). `flcore.runs.compute` runs every stack so, so a
-    configuration's numbers do not depend on which of its stack-mates were stored before."""
+    configuration's numbers do not depend on which of its stack-mates were stored before.
+    `on_round(r)`, when given, is called after each round with the rounds done so far."""
     cfgs = [resolved(c) for c in cfgs]
     if len({_batch_group(c) for c in cfgs}) != 1 or _batch_group(cfgs[0]) is None:
         raise ValueError("train_stack: the configurations must be batchable together "
@@ -314,10 +315,25 @@ def train_stack(cfgs: list[Config], *, store="results", data: Dataset | None = N
         st = Store(store)
     for c in cfgs:
         _check_may_train(c, store)
-    return _run_batch(cfgs, st, data, data_root, progress)
+    return _run_batch(cfgs, st, data, data_root, progress, on_round)
 
 
-def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result]:
+class _RoundHook:
+    """The engine's progress object: advances an optional text bar and tells `on_round` the
+    rounds done so far."""
+
+    def __init__(self, bar, on_round) -> None:
+        self.bar, self.on_round, self.done = bar, on_round, 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.on_round is not None:
+            self.on_round(self.done)
+
+
+def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None) -> list[Result]:
     t0 = time.perf_counter()
     data, starts = _warm_starts(cfgs, None if st is None else st.path, data, data_root, progress)
     data_sub = load_data(cfgs[0], data, data_root)
@@ -330,8 +346,9 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress) -> list[Result
 
         bar = tqdm(total=lead.rounds, desc=f"{lead.dataset}: {len(cfgs)} configs, {len(feds)} federations",
                    unit="round", leave=False)  # fmt: skip
+    hook = None if bar is None and on_round is None else _RoundHook(bar, on_round)
     try:
-        raw = simulate(lead, plans[0], bar, feds=feds)
+        raw = simulate(lead, plans[0], hook, feds=feds)
     finally:
         if bar is not None:
             bar.close()
