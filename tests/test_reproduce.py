@@ -242,3 +242,18 @@ def test_client_state_section_says_which_mode_is_closer(in_process):
     assert f"a is closer to the paper in {sum(c['closer'] == 'a' for c in cells(text))}" in text
     none = client_state_section(final, late, None, None, pairs, "a", "b")
     assert all(c["closer"] == "–" for c in cells(none)) and "No cell is computed in both modes yet." in none
+
+
+def test_dry_run_estimate_spreads_stacks_over_workers(tmp_path):
+    """The estimate deals the stacks to the workers as the scheduler does (longest first to the
+    worker free soonest), and slows every stack where the workers' threads exceed the cores."""
+    assert cp._makespan([3, 3, 2, 2, 2], 2) == 7 and cp._makespan([5, 1], 8) == 5 and cp._makespan([], 3) == 0
+    _, nbs = prepare("t", KW["only"], None, REPO_ROOT, _params(tmp_path), _extra(tmp_path))
+    p = cp.plan([c for cs in planned_configs(nbs).values() for c in cs], tmp_path / "results", KW["max_federations"])
+    assert len(p.stacks) >= 2
+    one = cp.estimate(p, tmp_path / "results", 1)
+    two = cp.estimate(p, tmp_path / "results", 1, workers=2, cores=2)
+    shared = cp.estimate(p, tmp_path / "results", 1, workers=2, cores=1)
+    assert one["seconds"] == pytest.approx(one["serial_seconds"]) and two["serial_seconds"] == pytest.approx(one["seconds"])
+    assert one["seconds"] / 2 <= two["seconds"] < one["seconds"]
+    assert shared["oversubscribed"] == 2 and shared["seconds"] == pytest.approx(2 * two["seconds"])

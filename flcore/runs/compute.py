@@ -342,11 +342,21 @@ def _eval_images(cfg: Config) -> int:
     return int(n_test + part * (len(rounds) - 1))
 
 
-def estimate(p: Plan, store="results", threads: int | None = None, data_root=None, log=None) -> dict:
+def estimate(p: Plan, store="results", threads: int | None = None, data_root=None, log=None,
+             workers: int = 1, cores: int | None = None) -> dict:  # fmt: skip
     """Estimated seconds to compute `p`'s pending stacks here: per dataset and settings one
     calibration (`calibrate`) at the stack size that carries most of the pending work, kept
     in the store's CALIBRATION_FILE for later dry runs on this machine, scaled by each
-    stack's training samples and evaluated test images. Returns {seconds, calibrations: {description: seconds per experiment-round}}."""
+    stack's training samples and evaluated test images.
+
+    workers: stacks computed at once (Dask workers; 1: in this process). The warm-ups, then
+             the stacks, are dealt longest first to the worker free soonest, as the scheduler
+             would; where workers x threads exceeds `cores`, every stack is slowed by that
+             ratio, since they share the cores (cores None: workers elsewhere, each assumed
+             as fast as this machine).
+
+    Returns {seconds (wall, on `workers`), serial_seconds (one after the other), per_round:
+    {description: seconds per experiment-round}, threads, workers, oversubscribed}."""
     import json
 
     import torch
@@ -366,6 +376,7 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
         G = sum(c.repeats for c in stack)
         sizes = work.setdefault(_calibration_key(stack[0], 0, threads), {})
         sizes[G] = sizes.get(G, 0) + sum(experiment_rounds(c) for c in stack)
+    secs_of: list[float] = []
     for stack in stacks:
         lead = stack[0]
         sizes = work[_calibration_key(lead, 0, threads)]
@@ -382,6 +393,7 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
             samples = c.rounds * c.k * (n_train / c.num_participants) * c.local_epochs
             secs += c.repeats * (samples * cal["train_s"] + _eval_images(c) * cal["eval_s"])
         total += secs
+        secs_of.append(secs)
         label = f"{lead.dataset} {lead.precision}, stacks of {G}"
         rate = per_round.setdefault(label, [0.0, 0])
         rate[0] += secs
@@ -392,4 +404,19 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
         os.replace(path + ".tmp", path)
     except OSError:
         pass
-    return {"seconds": total, "per_round": {k: v[0] / v[1] for k, v in per_round.items()}, "threads": threads}
+    workers = max(1, int(workers))
+    slow = 1.0 if cores is None else max(1.0, workers * threads / cores)
+    nw = len(p.warmups)  # the warm-ups are one wave, the stacks the next
+    wall = (_makespan(secs_of[:nw], workers) + _makespan(secs_of[nw:], workers)) * slow
+    return {"seconds": wall, "serial_seconds": total, "threads": threads, "workers": workers,
+            "oversubscribed": slow, "per_round": {k: v[0] / v[1] for k, v in per_round.items()}}  # fmt: skip
+
+
+def _makespan(seconds: list[float], workers: int) -> float:
+    """Wall time of tasks dealt longest first to the worker that is free soonest."""
+    import heapq
+
+    free = [0.0] * min(workers, max(len(seconds), 1))
+    for s in sorted(seconds, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + s)
+    return max(free)

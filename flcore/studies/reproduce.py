@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 import time
 from pathlib import Path
@@ -236,7 +237,7 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     everything = [c for cs in per_nb.values() for c in cs]
     full_plan = cp.plan(everything, store, max_federations)
     if dry_run:
-        _print_plan(profile, per_nb, full_plan, store, threads, log)
+        _print_plan(profile, per_nb, full_plan, store, threads, log, _workers(executor))
         return []
 
     def save_export(_stack=None):
@@ -261,7 +262,6 @@ def render(plan, out_name: str, root: Path = REPO_ROOT, reports_dir: Path | None
            jobs: int | None = None) -> list[Path]:  # fmt: skip
     """papermill over the prepared notebooks, every run read from the store (training
     forbidden), `jobs` notebooks at a time (default: one per core)."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     import papermill
@@ -319,7 +319,18 @@ def _hms(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
-def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log) -> None:
+def _workers(executor) -> tuple[int, int | None]:
+    """Stacks computed at once (1 in this process; one per Dask worker thread) and the cores
+    they share: this machine's when every worker is on it (loopback), else unknown (None)."""
+    if executor is None:
+        return 1, os.cpu_count()
+    info = executor.scheduler_info()["workers"]
+    local = all(addr.split("://")[-1].startswith(("127.", "localhost")) for addr in info)
+    return max(1, sum(w.get("nthreads", 1) for w in info.values())), os.cpu_count() if local else None
+
+
+def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log,
+                workers: tuple[int, int | None] = (1, None)) -> None:  # fmt: skip
     from flcore.runs import compute as cp
     from flcore.runs.runner import store_key
     from flcore.sim.device import cpu_name
@@ -343,10 +354,16 @@ def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log) -> 
     if not p.pending_rounds:
         log("estimated wall time here: 0 s (everything is stored)")
         return
-    est = cp.estimate(p, store, threads, log=log)
+    n, cores = workers
+    est = cp.estimate(p, store, threads, log=log, workers=n, cores=cores)
     rates = "; ".join(f"{k}: {v:.3g} s per experiment-round" for k, v in est["per_round"].items())
-    log(f"estimated wall time here: {_hms(est['seconds'])} ({cpu_name()}, {est['threads']} torch threads; "
-        f"calibrated {rates})")  # fmt: skip
+    where = "in this process" if n == 1 else f"on {n} workers at once"
+    if est["oversubscribed"] > 1:
+        where += f", which share {cores} cores (each stack {est['oversubscribed']:.2g}x slower)"
+    elif cores is None:
+        where += ", each as fast as this machine"
+    log(f"estimated wall time here: {_hms(est['seconds'])} {where} ({cpu_name()}, {est['threads']} torch "
+        f"threads per stack; calibrated {rates}; one after the other: {_hms(est['serial_seconds'])})")  # fmt: skip
 
 
 def cmd_reproduce(argv: list[str]) -> int:
