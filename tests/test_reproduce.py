@@ -257,3 +257,20 @@ def test_dry_run_estimate_spreads_stacks_over_workers(tmp_path):
     assert one["seconds"] == pytest.approx(one["serial_seconds"]) and two["serial_seconds"] == pytest.approx(one["seconds"])
     assert one["seconds"] / 2 <= two["seconds"] < one["seconds"]
     assert shared["oversubscribed"] == 2 and shared["seconds"] == pytest.approx(2 * two["seconds"])
+
+
+def test_paper_cifar_plans_paper_fmnists_cells_on_cifar10():
+    """paper-cifar is paper-fmnist's plan on CIFAR-10 (its three pairs, the same m, timing,
+    availability and repeats): notebook by notebook as many configurations, all CIFAR-10 at
+    the paper's scale (200 rounds from initialisation, the full data, fp32)."""
+    _, nbs = prepare("paper-cifar")
+    cifar = planned_configs(nbs)
+    _, nbs = prepare("paper-fmnist")
+    fmnist = planned_configs(nbs)
+    assert list(cifar) == list(fmnist) == ["01_feasibility", "02_targeting", "03_timing", "04_availability", "05_defense"]
+    for stem in cifar:
+        key = lambda cs: sorted((c.m, c.repeats, c.rounds, c.break_round, c.strategy, c.alpha or 0) for c in cs)  # noqa: E731
+        assert key(cifar[stem]) == key(fmnist[stem]), stem
+        assert all(c.dataset == "cifar10" and c.n_train is None and c.warm_start == 0 and c.precision == "fp32"
+                   for c in cifar[stem])  # fmt: skip
+    assert {(c.src, c.tgt) for c in cifar["01_feasibility"] if c.m > 0} == {(0, 2), (1, 9), (5, 3)}
