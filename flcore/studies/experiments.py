@@ -607,27 +607,30 @@ def agreement_comparison(table: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def _with_baseline(final: pd.DataFrame) -> pd.DataFrame:
-    """Poisoned rows of a final frame joined with the same pair's baseline, per repeat.
+def paired_with_clean(rows: pd.DataFrame, clean: pd.DataFrame, keys: Sequence[str],
+                      cols: Sequence[str]) -> pd.DataFrame:
+    """`rows` with `<col>_clean` for each of `cols`: the value of the `clean` run of the same
+    `keys` and repeat. Repeats are paired by index (same partition, initial weights, selection
+    and batches: only the attack differs); a row without a clean repeat of the same index is
+    compared with the clean mean of its `keys`."""
+    keys, cols = list(keys), list(cols)
+    out = rows.merge(clean[keys + ["repeat"] + cols], on=keys + ["repeat"], how="left", suffixes=("", "_clean"))
+    means = clean.groupby(keys)[cols].mean().add_suffix("_clean_mean").reset_index()
+    out = out.merge(means, on=keys, how="left")
+    for c in cols:
+        out[f"{c}_clean"] = out[f"{c}_clean"].fillna(out[f"{c}_clean_mean"])
+    return out.drop(columns=[f"{c}_clean_mean" for c in cols])
 
-    Repeats are paired by index (same partition, initial weights, selection and batches: only
-    the flipped labels differ); a poisoned repeat without a baseline repeat of the same index
-    is compared with the baseline mean.
-    """
-    pair = ["dataset", "src", "tgt"]
+
+def _with_baseline(final: pd.DataFrame) -> pd.DataFrame:
+    """Poisoned rows of a final frame joined with the same pair's baseline, per repeat
+    (`paired_with_clean`)."""
     base = final[final["m"] == 0]
-    pois = final[final["m"] > 0]
     if base.empty:
         raise ValueError("the final frame has no m = 0 rows: run the baseline (baseline_config)")
     recall_cols = [f"recall_{c}" for c in range(NUM_CLASSES)] + ["source_recall", "target_recall",
                                                                     "accuracy", "m_cnt"]  # fmt: skip
-    b = base[pair + ["repeat"] + recall_cols]
-    out = pois.merge(b, on=pair + ["repeat"], how="left", suffixes=("", "_clean"))
-    means = base.groupby(pair)[recall_cols].mean().add_suffix("_clean").reset_index()
-    out = out.merge(means, on=pair, how="left", suffixes=("", "_mean"))
-    for c in recall_cols:
-        out[f"{c}_clean"] = out[f"{c}_clean"].fillna(out[f"{c}_clean_mean"])
-    return out.drop(columns=[f"{c}_clean_mean" for c in recall_cols])
+    return paired_with_clean(final[final["m"] > 0], base, ["dataset", "src", "tgt"], recall_cols)
 
 
 def table2(final: pd.DataFrame) -> pd.DataFrame:

@@ -266,12 +266,7 @@ def noniid_table(final: pd.DataFrame) -> pd.DataFrame:
     clean = final[(final["defense"] == "none") & (final["m"] == 0)]
     if clean.empty:
         raise ValueError("the final frame has no clean run without defense (defense 'none', m = 0)")
-    c = clean[pair_b + ["repeat", "source_recall", "accuracy"]]
-    j = final.merge(c, on=pair_b + ["repeat"], how="left", suffixes=("", "_clean"))
-    means = clean.groupby(pair_b)[["source_recall", "accuracy"]].mean().add_suffix("_clean_mean").reset_index()
-    j = j.merge(means, on=pair_b, how="left")
-    for v in ("source_recall", "accuracy"):
-        j[f"{v}_clean"] = j[f"{v}_clean"].fillna(j[f"{v}_clean_mean"])
+    j = ex.paired_with_clean(final, clean, pair_b, ["source_recall", "accuracy"])
     j["damage"] = j["source_recall_clean"] - j["source_recall"]
     j["accuracy_loss"] = j["accuracy_clean"] - j["accuracy"]
     for v in METRICS:

@@ -171,12 +171,7 @@ def _with_clean(final: pd.DataFrame) -> pd.DataFrame:
     clean = final[(final["defense"] == "none") & (final["m"] == 0)]
     if clean.empty:
         raise ValueError("the final frame has no clean run without defense (defense 'none', m = 0)")
-    c = clean[pair + ["repeat", "source_recall", "accuracy"]]
-    j = final.merge(c, on=pair + ["repeat"], how="left", suffixes=("", "_clean"))
-    means = clean.groupby(pair)[["source_recall", "accuracy"]].mean().add_suffix("_clean_mean").reset_index()
-    j = j.merge(means, on=pair, how="left")
-    for v in ("source_recall", "accuracy"):
-        j[f"{v}_clean"] = j[f"{v}_clean"].fillna(j[f"{v}_clean_mean"])
+    j = ex.paired_with_clean(final, clean, pair, ["source_recall", "accuracy"])
     j["damage"] = j["source_recall_clean"] - j["source_recall"]
     j["accuracy_loss"] = j["accuracy_clean"] - j["accuracy"]
     return j
