@@ -1,0 +1,104 @@
+"""How many stacks to compute at once on this machine: throughput of P processes × T threads.
+
+`reproduce --local-cluster P` runs P stacks at once, each with the profile's torch threads.
+Whether that pays depends on the machine: P processes on P cores that share one physical
+core's execution units, or its caches and memory bandwidth, slow each other down. This script
+trains the same stack (paper-fmnist's: Fashion-MNIST, full data, N = 50, k = 5, batch 4,
+3 federations stacked, fp32) in P fresh processes at once with T torch threads each, for a few
+rounds after one warm-up round, and prints the machine's throughput in experiment-rounds per
+second for every layout asked for, and each layout's throughput relative to the first.
+
+    python benchmarks/concurrency.py [--layouts 1x1,2x1,1x2] [--rounds 4] [--federations 3]
+
+Run it on an idle machine; name the CPU beside any number you quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def _worker(rounds: int, federations: int, threads: int, start_at: float) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from flcore import Config
+    from flcore.runs.runner import load_data, resolved
+    from flcore.sim.engine import simulate
+    from flcore.sim.plan import make_plan
+
+    cfg = resolved(Config(dataset="fmnist", m=0.1, src=1, tgt=3, rounds=rounds + 1, repeats=federations,
+                          precision="fp32", eval_classes=(1, 3)))  # fmt: skip
+    plan = make_plan(cfg, load_data(cfg, None, None))
+
+    class Clock:
+        def __init__(self) -> None:
+            self.t: list[float] = []
+
+        def update(self, n: int = 1) -> None:
+            self.t.append(time.perf_counter())
+
+    while time.time() < start_at:  # every process starts its rounds together
+        time.sleep(0.01)
+    clock = Clock()
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    simulate(cfg, plan, clock)
+    span = clock.t[-1] - clock.t[0]  # rounds 2.. (round 1 warms up)
+    return {"s_per_round": span / rounds, "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - t0,
+            "round_s": np.diff([t0, *clock.t]).round(2).tolist()}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layouts", default="1x1,2x1,1x2", help="PxT: P processes at once, T torch threads each")
+    p.add_argument("--rounds", type=int, default=4, help="timed rounds after one warm-up round")
+    p.add_argument("--federations", type=int, default=3, help="federations stacked per process")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        spec = json.loads(a.worker)
+        print(json.dumps(_worker(**spec)))
+        return
+
+    from flcore.sim.device import cpu_name
+
+    layouts = []
+    for item in a.layouts.split(","):
+        try:
+            n_proc, n_thr = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            sys.exit(f"error: --layouts {item!r}: give PxT, e.g. 2x1 (P processes, T threads each)")
+        if n_proc < 1 or n_thr < 1:
+            sys.exit(f"error: --layouts {item!r}: P and T must be at least 1")
+        layouts.append((n_proc, n_thr))
+    if a.rounds < 1 or a.federations < 1:
+        sys.exit("error: --rounds and --federations must be at least 1")
+
+    print(f"# CPU: {cpu_name()}, {os.cpu_count()} cores; fmnist paper setting, {a.federations} federations "
+          f"per stack, {a.rounds} timed rounds after one warm-up")  # fmt: skip
+    base = None
+    for n_proc, n_thr in layouts:
+        env = {**os.environ, "OMP_NUM_THREADS": str(n_thr)}
+        # the processes load data first; they start training together some seconds later
+        start_at = time.time() + 25
+        spec = json.dumps({"rounds": a.rounds, "federations": a.federations, "threads": n_thr, "start_at": start_at})
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", spec], env=env, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(n_proc)]  # fmt: skip
+        outs = [json.loads(pr.communicate()[0].strip().splitlines()[-1]) for pr in procs]
+        # each process: federations x 1 round per s_per_round; the machine: their sum
+        rate = sum(a.federations / o["s_per_round"] for o in outs)
+        base = base or rate
+        per = " ".join(f"{o['s_per_round']:.2f}" for o in outs)
+        print(f"RESULT layout={n_proc}x{n_thr} exp_rounds_per_s={rate:.3f} relative={rate / base:.2f} "
+              f"s_per_stack_round=[{per}]")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
