@@ -244,9 +244,10 @@ def test_client_state_section_says_which_mode_is_closer(in_process):
     assert all(c["closer"] == "–" for c in cells(none)) and "No cell is computed in both modes yet." in none
 
 
-def test_dry_run_estimate_spreads_stacks_over_workers(tmp_path):
+def test_dry_run_estimate_spreads_stacks_over_workers(tmp_path, monkeypatch):
     """The estimate deals the stacks to the workers as the scheduler does (longest first to the
     worker free soonest), and slows every stack where the workers' threads exceed the cores."""
+    monkeypatch.setattr(cp, "_load_per_core", lambda: 0.0)  # an idle machine: the calibration is kept
     assert cp._makespan([3, 3, 2, 2, 2], 2) == 7 and cp._makespan([5, 1], 8) == 5 and cp._makespan([], 3) == 0
     _, nbs = prepare("t", KW["only"], None, REPO_ROOT, _params(tmp_path), _extra(tmp_path))
     p = cp.plan([c for cs in planned_configs(nbs).values() for c in cs], tmp_path / "results", KW["max_federations"])
@@ -274,3 +275,30 @@ def test_paper_cifar_plans_paper_fmnists_cells_on_cifar10():
         assert all(c.dataset == "cifar10" and c.n_train is None and c.warm_start == 0 and c.precision == "fp32"
                    for c in cifar[stem])  # fmt: skip
     assert {(c.src, c.tgt) for c in cifar["01_feasibility"] if c.m > 0} == {(0, 2), (1, 9), (5, 3)}
+
+
+def test_calibration_is_kept_an_hour_and_never_from_a_busy_machine(tmp_path, monkeypatch):
+    """A calibration is kept in the store for CALIBRATION_MAX_AGE_S, keyed by the CPU's family
+    and model; an older one is measured again, and one taken on a busy machine is flagged and
+    not kept."""
+    from flcore.sim.device import cpu_id
+
+    _, nbs = prepare("t", ["01"], None, REPO_ROOT, _params(tmp_path), _extra(tmp_path))
+    p = cp.plan([c for cs in planned_configs(nbs).values() for c in cs], tmp_path / "results", KW["max_federations"])
+    path = tmp_path / "results" / cp.CALIBRATION_FILE
+    monkeypatch.setattr(cp, "_load_per_core", lambda: 5.0)
+    notes: list[str] = []
+    est = cp.estimate(p, tmp_path / "results", 1, log=notes.append)
+    assert est["busy"] and any("this machine is busy" in n for n in notes)
+    assert json.loads(path.read_text()) == {}
+    monkeypatch.setattr(cp, "_load_per_core", lambda: 0.0)
+    assert not cp.estimate(p, tmp_path / "results", 1)["busy"]
+    kept = json.loads(path.read_text())
+    (key, cal), = kept.items()
+    assert key.startswith(cpu_id() + "|") and time.time() - cal["at"] < 60 and not cal["busy"]
+    path.write_text(json.dumps({key: {**cal, "train_s": 1.0}}))  # a kept one is used as it is
+    assert cp.estimate(p, tmp_path / "results", 1)["seconds"] > 100 * est["seconds"]
+    path.write_text(json.dumps({key: {**cal, "train_s": 1.0, "at": cal["at"] - cp.CALIBRATION_MAX_AGE_S - 1}}))
+    cp.estimate(p, tmp_path / "results", 1)  # too old: measured again
+    again = json.loads(path.read_text())[key]
+    assert again["train_s"] < 1.0 and again["at"] > cal["at"]

@@ -283,14 +283,20 @@ def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retri
 # ------------------------------------------------------------------------------------------
 
 CALIBRATION_FILE = ".flcore-calibration.json"  # in the store: per machine, torch, dataset, stack
+# A kept calibration is reused for this long: a virtual machine's speed drifts with its host's
+# load (an AMD EPYC Zen 3 guest calibrated 3.16 and, two hours later, 5.03 s per
+# experiment-round for the same stack; the stack then ran at 5.25).
+CALIBRATION_MAX_AGE_S = 3600
+# Above this 1-minute load average per core the machine is busy: its calibration is not kept.
+BUSY_LOAD_PER_CORE = 0.3
 
 
 def _calibration_key(cfg: Config, G: int, threads: int) -> str:
     import torch
 
-    from flcore.sim.device import cpu_name
+    from flcore.sim.device import cpu_id
 
-    return "|".join(map(str, (cpu_name(), torch.__version__, threads, cfg.device, cfg.precision,
+    return "|".join(map(str, (cpu_id(), torch.__version__, threads, cfg.device, cfg.precision,
                               cfg.dataset, cfg.batch_size, cfg.k, cfg.num_participants, G)))  # fmt: skip
 
 
@@ -355,8 +361,12 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
              ratio, since they share the cores (cores None: workers elsewhere, each assumed
              as fast as this machine).
 
+    A calibration is kept for CALIBRATION_MAX_AGE_S and keyed by the CPU's family and model
+    (`cpu_id`); one taken on a busy machine (load average above BUSY_LOAD_PER_CORE per core)
+    is used once, flagged, and not kept.
+
     Returns {seconds (wall, on `workers`), serial_seconds (one after the other), per_round:
-    {description: seconds per experiment-round}, threads, workers, oversubscribed}."""
+    {description: seconds per experiment-round}, threads, workers, oversubscribed, busy}."""
     import json
 
     import torch
@@ -368,7 +378,7 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
             cache = json.load(f)
     except (OSError, ValueError):
         cache = {}
-    total, per_round = 0.0, {}
+    total, per_round, busy = 0.0, {}, False
     stacks = [[w] for w in p.warmups] + p.stacks
     # one calibration per dataset and settings, at the stack size carrying most of its work
     work: dict[str, dict[int, int]] = {}
@@ -382,10 +392,16 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
         sizes = work[_calibration_key(lead, 0, threads)]
         G = max(sizes, key=sizes.get)
         key = _calibration_key(lead, G, threads)
-        if key not in cache:
+        if key not in cache or not time.time() - cache[key].get("at", 0) < CALIBRATION_MAX_AGE_S:
+            load = _load_per_core()
             if log is not None:
                 log(f"calibrating {lead.dataset} ({lead.precision}, {G} stacked federations) ...")
-            cache[key] = calibrate(lead, G, threads, data_root)
+                if load > BUSY_LOAD_PER_CORE:
+                    log(f"note: this machine is busy (1-minute load average {load:.2f} per core): the "
+                        "calibration, and so the estimate, is pessimistic and is not kept; "
+                        "run the dry run again on an idle machine")  # fmt: skip
+            cache[key] = {**calibrate(lead, G, threads, data_root), "at": time.time(), "busy": load > BUSY_LOAD_PER_CORE}
+            busy |= load > BUSY_LOAD_PER_CORE
         cal = cache[key]
         secs = 0.0
         for c in stack:
@@ -398,9 +414,10 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
         rate = per_round.setdefault(label, [0.0, 0])
         rate[0] += secs
         rate[1] += sum(experiment_rounds(c) for c in stack)
+    keep = {k: v for k, v in cache.items() if not v.get("busy")}
     try:
         with open(path + ".tmp", "w") as f:
-            json.dump(cache, f, indent=1)
+            json.dump(keep, f, indent=1)
         os.replace(path + ".tmp", path)
     except OSError:
         pass
@@ -409,7 +426,14 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
     nw = len(p.warmups)  # the warm-ups are one wave, the stacks the next
     wall = (_makespan(secs_of[:nw], workers) + _makespan(secs_of[nw:], workers)) * slow
     return {"seconds": wall, "serial_seconds": total, "threads": threads, "workers": workers,
-            "oversubscribed": slow, "per_round": {k: v[0] / v[1] for k, v in per_round.items()}}  # fmt: skip
+            "oversubscribed": slow, "busy": busy, "per_round": {k: v[0] / v[1] for k, v in per_round.items()}}  # fmt: skip
+
+
+def _load_per_core() -> float:
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
 
 
 def _makespan(seconds: list[float], workers: int) -> float:

@@ -33,6 +33,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id() -> str:
+    """The CPU's name with its family, model and stepping (/proc/cpuinfo): one name such as
+    "AMD EPYC" covers CPU generations of very different speed."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                k, _, v = line.partition(":")
+                fields[k.strip()] = v.strip()
+    except OSError:
+        pass
+    parts = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    return cpu_name() + (f" ({', '.join(parts)})" if parts else "")
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

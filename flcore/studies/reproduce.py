@@ -333,7 +333,7 @@ def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log,
                 workers: tuple[int, int | None] = (1, None)) -> None:  # fmt: skip
     from flcore.runs import compute as cp
     from flcore.runs.runner import store_key
-    from flcore.sim.device import cpu_name
+    from flcore.sim.device import cpu_id
 
     stored = {store_key(c) for c in full_plan.stored}
     log(f"profile {profile}: plan (store {store})")
@@ -362,7 +362,7 @@ def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log,
         where += f", which share {cores} cores (each stack {est['oversubscribed']:.2g}x slower)"
     elif cores is None:
         where += ", each as fast as this machine"
-    log(f"estimated wall time here: {_hms(est['seconds'])} {where} ({cpu_name()}, {est['threads']} torch "
+    log(f"estimated wall time here: {_hms(est['seconds'])} {where} ({cpu_id()}, {est['threads']} torch "
         f"threads per stack; calibrated {rates}; one after the other: {_hms(est['serial_seconds'])})")  # fmt: skip
 
 
