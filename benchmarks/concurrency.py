@@ -67,7 +67,7 @@ def main() -> None:
         print(json.dumps(_worker(**spec)))
         return
 
-    from flcore.sim.device import cpu_name
+    from flcore.sim.device import cpu_id
 
     layouts = []
     for item in a.layouts.split(","):
@@ -81,7 +81,7 @@ def main() -> None:
     if a.rounds < 1 or a.federations < 1:
         sys.exit("error: --rounds and --federations must be at least 1")
 
-    print(f"# CPU: {cpu_name()}, {os.cpu_count()} cores; fmnist paper setting, {a.federations} federations "
+    print(f"# CPU: {cpu_id()}, {os.cpu_count()} cores; fmnist paper setting, {a.federations} federations "
           f"per stack, {a.rounds} timed rounds after one warm-up")  # fmt: skip
     base = None
     for n_proc, n_thr in layouts:
