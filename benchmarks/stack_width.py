@@ -28,7 +28,13 @@ def main() -> None:
 
     from flcore.data.specs import DATASETS
     from flcore.sim.device import cpu_name
-    from flcore.sim.models import architecture, float_keys, init_state, stack_states, stacked_forward
+    from flcore.sim.models import (
+        architecture,
+        float_keys,
+        init_state,
+        stack_states,
+        stacked_forward,
+    )
 
     spec = DATASETS.get(a.dataset)
     B = spec.defaults["batch_size"]

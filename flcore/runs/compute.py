@@ -216,7 +216,7 @@ def compute(configs, store="results", executor=None, *, threads: int | None = No
                     key = _stack_key(stack)
                     credit.expect(key, sum(experiment_rounds(c) for c in stack))
                     run_stack([c.to_dict() for c in stack], store, data_root, threads,
-                              progress=(lambda f, key=key: credit.set(key, f)) if progress else None)  # fmt: skip
+                              progress=(lambda f, key=key, cr=credit: cr.set(key, f)) if progress else None)  # fmt: skip
                     credit.set(key, 1.0)
                     if on_stack is not None:
                         on_stack(stack)
