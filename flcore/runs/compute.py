@@ -314,7 +314,7 @@ CALIBRATION_FILE = ".flcore-calibration.json"  # in the store: per machine, torc
 # load (an AMD EPYC Zen 3 guest calibrated 3.16 and, two hours later, 5.03 s per
 # experiment-round for the same stack; the stack then ran at 5.25).
 CALIBRATION_MAX_AGE_S = 3600
-# Above this 1-minute load average per core the machine is busy: its calibration is not kept.
+# Above this share of busy CPU time the machine is busy: its calibration is not kept.
 BUSY_LOAD_PER_CORE = 0.3
 
 
@@ -389,7 +389,7 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
              as fast as this machine).
 
     A calibration is kept for CALIBRATION_MAX_AGE_S and keyed by the CPU's family and model
-    (`cpu_id`); one taken on a busy machine (load average above BUSY_LOAD_PER_CORE per core)
+    (`cpu_id`); one taken on a busy machine (more than BUSY_LOAD_PER_CORE of the CPU time busy)
     is used once, flagged, and not kept.
 
     Returns {seconds (wall, on `workers`), serial_seconds (one after the other), per_round:
@@ -424,7 +424,7 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
             if log is not None:
                 log(f"calibrating {lead.dataset} ({lead.precision}, {G} stacked federations) ...")
                 if load > BUSY_LOAD_PER_CORE:
-                    log(f"note: this machine is busy (1-minute load average {load:.2f} per core): the "
+                    log(f"note: this machine is busy ({100 * load:.0f}% of its CPU time in use): the "
                         "calibration, and so the estimate, is pessimistic and is not kept; "
                         "run the dry run again on an idle machine")  # fmt: skip
             cache[key] = {**calibrate(lead, G, threads, data_root), "at": time.time(), "busy": load > BUSY_LOAD_PER_CORE}
@@ -456,11 +456,25 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
             "oversubscribed": slow, "busy": busy, "per_round": {k: v[0] / v[1] for k, v in per_round.items()}}  # fmt: skip
 
 
-def _load_per_core() -> float:
+def _load_per_core(window: float = 0.5) -> float:
+    """How busy the cores are now: the share of CPU time not idle over `window` seconds
+    (/proc/stat), else the 1-minute load average per core (which lags by minutes)."""
+
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
     try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except OSError:
-        return 0.0
+        t0, i0 = ticks()
+        time.sleep(window)
+        t1, i1 = ticks()
+        return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0] / (os.cpu_count() or 1)
+        except OSError:
+            return 0.0
 
 
 def _makespan(seconds: list[float], workers: int) -> float:
