@@ -4,8 +4,8 @@ Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker's environment, so
 freed memory back to the kernel at once, and the engine's megabyte-sized tensors come back
 page fault by page fault. This script trains paper-fmnist's stack (Fashion-MNIST, full data,
 N = 50, k = 5, batch 4, 3 federations, fp32, one thread) for a few rounds in a fresh process
-with that environment, once as it is and once after `flcore.runs.compute.keep_freed_memory()`
-(which every compute task calls), and prints minor page faults and seconds per round of each.
+with that environment, once as it is and once after `flcore.sim.device.keep_freed_memory()`
+(which the runner calls before every training), and prints minor page faults and seconds per round of each.
 
     python benchmarks/page_faults.py [--rounds 3]
 
@@ -28,8 +28,8 @@ def _worker(rounds: int, keep: bool) -> dict:
 
     torch.set_num_threads(1)
     from flcore import Config
-    from flcore.runs.compute import keep_freed_memory
     from flcore.runs.runner import load_data, resolved
+    from flcore.sim.device import keep_freed_memory
     from flcore.sim.engine import simulate
     from flcore.sim.plan import make_plan
 
@@ -51,9 +51,10 @@ def _worker(rounds: int, keep: bool) -> dict:
                           eval_classes=(1, 3)))  # fmt: skip
     clock = Clock()
     simulate(cfg, make_plan(cfg, load_data(cfg, None, None)), clock)
-    # round 1 warms up; the last round also evaluates every class
-    return {"kept": kept, "faults": float(np.mean(np.diff(clock.f)[1:-1] if rounds > 1 else np.diff(clock.f)[1:])),
-            "s_per_round": float(np.mean(np.diff(clock.t)[1:-1] if rounds > 1 else np.diff(clock.t)[1:]))}  # fmt: skip
+    # round 1 warms up; the last round also evaluates every class (left out where there is another)
+    timed = slice(1, -1) if rounds > 1 else slice(1, None)
+    return {"kept": kept, "faults": float(np.mean(np.diff(clock.f)[timed])),
+            "s_per_round": float(np.mean(np.diff(clock.t)[timed]))}
 
 
 def main() -> None:

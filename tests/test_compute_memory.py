@@ -1,4 +1,4 @@
-"""Compute tasks keep the memory they free: Dask's nanny starts workers with
+"""Training keeps the memory it frees (`keep_freed_memory`, called by the runner): Dask's nanny starts workers with
 MALLOC_TRIM_THRESHOLD_=65536, under which every megabyte-sized tensor the engine allocates
 comes back from the kernel page fault by page fault (benchmarks/page_faults.py)."""
 
@@ -11,12 +11,12 @@ import threading
 
 import pytest
 
-from flcore.runs.compute import keep_freed_memory
+from flcore.sim.device import keep_freed_memory
 
 SCRIPT = """
 import sys, threading
 import torch
-from flcore.runs.compute import keep_freed_memory
+from flcore.sim.device import keep_freed_memory
 
 def minflt():
     with open("/proc/self/stat") as f:

@@ -247,7 +247,7 @@ def test_client_state_section_says_which_mode_is_closer(in_process):
 def test_dry_run_estimate_spreads_stacks_over_workers(tmp_path, monkeypatch):
     """The estimate deals the stacks to the workers as the scheduler does (longest first to the
     worker free soonest), and slows every stack where the workers' threads exceed the cores."""
-    monkeypatch.setattr(cp, "_load_per_core", lambda: 0.0)  # an idle machine: the calibration is kept
+    monkeypatch.setattr(cp, "_cpu_busy_share", lambda: 0.0)  # an idle machine: the calibration is kept
     assert cp._makespan([3, 3, 2, 2, 2], 2) == 7 and cp._makespan([5, 1], 8) == 5 and cp._makespan([], 3) == 0
     _, nbs = prepare("t", KW["only"], None, REPO_ROOT, _params(tmp_path), _extra(tmp_path))
     p = cp.plan([c for cs in planned_configs(nbs).values() for c in cs], tmp_path / "results", KW["max_federations"])
@@ -286,12 +286,12 @@ def test_calibration_is_kept_an_hour_and_never_from_a_busy_machine(tmp_path, mon
     _, nbs = prepare("t", ["01"], None, REPO_ROOT, _params(tmp_path), _extra(tmp_path))
     p = cp.plan([c for cs in planned_configs(nbs).values() for c in cs], tmp_path / "results", KW["max_federations"])
     path = tmp_path / "results" / cp.CALIBRATION_FILE
-    monkeypatch.setattr(cp, "_load_per_core", lambda: 5.0)
+    monkeypatch.setattr(cp, "_cpu_busy_share", lambda: 5.0)
     notes: list[str] = []
     est = cp.estimate(p, tmp_path / "results", 1, log=notes.append)
     assert est["busy"] and any("this machine is busy" in n for n in notes)
     assert json.loads(path.read_text()) == {}
-    monkeypatch.setattr(cp, "_load_per_core", lambda: 0.0)
+    monkeypatch.setattr(cp, "_cpu_busy_share", lambda: 0.0)
     assert not cp.estimate(p, tmp_path / "results", 1)["busy"]
     kept = json.loads(path.read_text())
     (key, cal), = kept.items()

@@ -121,7 +121,6 @@ def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | 
 
     from flcore.runs.runner import run, train_stack
 
-    keep_freed_memory()
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -135,32 +134,6 @@ def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | 
         return [store_key(c) for c in cfgs]
     finally:
         torch.set_num_threads(before)
-
-
-_MALLOC_SET = False
-
-
-def keep_freed_memory() -> bool:
-    """Let this process keep the memory it frees (glibc `mallopt`), once per process; returns
-    whether it is set.
-
-    Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536, so glibc hands freed
-    memory back to the kernel as soon as 64 KiB are free. The engine allocates and frees
-    megabyte-sized tensors at every step, and each one then comes back page fault by page
-    fault: a paper-fmnist stack took 3.5 million page faults and 2.3 times as long per round
-    (`python benchmarks/page_faults.py`). Keeping freed memory in the heap costs nothing: the
-    process reaches the same peak either way."""
-    global _MALLOC_SET
-    if not _MALLOC_SET:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            m_trim_threshold, m_mmap_threshold = -1, -3
-            _MALLOC_SET = bool(libc.mallopt(m_trim_threshold, 2**31 - 1)) and bool(libc.mallopt(m_mmap_threshold, 2**25))
-        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to set
-            pass
-    return _MALLOC_SET
 
 
 def _round_reporter(progress, rounds: int):
@@ -211,10 +184,11 @@ def compute(configs, store="results", executor=None, *, threads: int | None = No
             if not wave:
                 continue
             credit = _Credit(bar)
+            for stack in wave:
+                credit.expect(_stack_key(stack), sum(experiment_rounds(c) for c in stack))
             if executor is None:
                 for stack in wave:
                     key = _stack_key(stack)
-                    credit.expect(key, sum(experiment_rounds(c) for c in stack))
                     run_stack([c.to_dict() for c in stack], store, data_root, threads,
                               progress=(lambda f, key=key, cr=credit: cr.set(key, f)) if progress else None)  # fmt: skip
                     credit.set(key, 1.0)
@@ -278,7 +252,6 @@ def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retri
     futures, stacks = [], {}
     for stack in wave:
         key = _stack_key(stack)
-        credit.expect(key, sum(experiment_rounds(c) for c in stack))
         fut = client.submit(run_stack, [c.to_dict() for c in stack], store, data_root, threads,
                             (topic, key) if progress else None, key=key, pure=False, retries=retries)  # fmt: skip
         futures.append(fut)
@@ -315,7 +288,7 @@ CALIBRATION_FILE = ".flcore-calibration.json"  # in the store: per machine, torc
 # experiment-round for the same stack; the stack then ran at 5.25).
 CALIBRATION_MAX_AGE_S = 3600
 # Above this share of busy CPU time the machine is busy: its calibration is not kept.
-BUSY_LOAD_PER_CORE = 0.3
+BUSY_CPU_SHARE = 0.3
 
 
 def _calibration_key(cfg: Config, G: int, threads: int) -> str:
@@ -389,7 +362,7 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
              as fast as this machine).
 
     A calibration is kept for CALIBRATION_MAX_AGE_S and keyed by the CPU's family and model
-    (`cpu_id`); one taken on a busy machine (more than BUSY_LOAD_PER_CORE of the CPU time busy)
+    (`cpu_id`); one taken on a busy machine (more than BUSY_CPU_SHARE of the CPU time busy)
     is used once, flagged, and not kept.
 
     Returns {seconds (wall, on `workers`), serial_seconds (one after the other), per_round:
@@ -420,15 +393,15 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
         G = max(sizes, key=sizes.get)
         key = _calibration_key(lead, G, threads)
         if key not in cache or not time.time() - cache[key].get("at", 0) < CALIBRATION_MAX_AGE_S:
-            load = _load_per_core()
+            load = _cpu_busy_share()
             if log is not None:
                 log(f"calibrating {lead.dataset} ({lead.precision}, {G} stacked federations) ...")
-                if load > BUSY_LOAD_PER_CORE:
+                if load > BUSY_CPU_SHARE:
                     log(f"note: this machine is busy ({100 * load:.0f}% of its CPU time in use): the "
                         "calibration, and so the estimate, is pessimistic and is not kept; "
                         "run the dry run again on an idle machine")  # fmt: skip
-            cache[key] = {**calibrate(lead, G, threads, data_root), "at": time.time(), "busy": load > BUSY_LOAD_PER_CORE}
-            busy |= load > BUSY_LOAD_PER_CORE
+            cache[key] = {**calibrate(lead, G, threads, data_root), "at": time.time(), "busy": load > BUSY_CPU_SHARE}
+            busy |= load > BUSY_CPU_SHARE
         cal = cache[key]
         secs = 0.0
         for c in stack:
@@ -456,7 +429,7 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
             "oversubscribed": slow, "busy": busy, "per_round": {k: v[0] / v[1] for k, v in per_round.items()}}  # fmt: skip
 
 
-def _load_per_core(window: float = 0.5) -> float:
+def _cpu_busy_share(window: float = 0.5) -> float:
     """How busy the cores are now: the share of CPU time not idle over `window` seconds
     (/proc/stat), else the 1-minute load average per core (which lags by minutes)."""
 

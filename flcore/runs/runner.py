@@ -17,7 +17,7 @@ import torch
 from flcore import __version__
 from flcore.config import Config
 from flcore.data import Dataset, specs
-from flcore.sim.device import cpu_name, resolve_device, resolve_precision
+from flcore.sim.device import cpu_name, keep_freed_memory, resolve_device, resolve_precision
 from flcore.sim.engine import frames as make_frames
 from flcore.sim.engine import simulate
 from flcore.sim.plan import Plan, make_plan
@@ -156,6 +156,7 @@ def run(
         bar = tqdm(total=cfg.rounds * (cfg.repeats if cfg.engine == "reference" else 1),
                    desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}", unit="round", leave=False)  # fmt: skip
     try:
+        keep_freed_memory()
         raw = simulate(cfg, plan, bar)
     finally:
         if bar is not None:
@@ -348,6 +349,7 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None)
                    unit="round", leave=False)  # fmt: skip
     hook = None if bar is None and on_round is None else _RoundHook(bar, on_round)
     try:
+        keep_freed_memory()
         raw = simulate(lead, plans[0], hook, feds=feds)
     finally:
         if bar is not None:

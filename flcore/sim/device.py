@@ -50,6 +50,32 @@ def cpu_id() -> str:
     return cpu_name() + (f" ({', '.join(parts)})" if parts else "")
 
 
+_MALLOC_SET = False
+
+
+def keep_freed_memory() -> bool:
+    """Let this process keep the memory it frees (glibc `mallopt`), once per process; returns
+    whether it is set. The runner calls it before every training.
+
+    Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536, so glibc hands freed
+    memory back to the kernel as soon as 64 KiB are free. The engine allocates and frees
+    megabyte-sized tensors at every step, and each one then comes back page fault by page
+    fault: a paper-fmnist stack took 3.5 million page faults a round, and 1.98 times as long
+    per round (`python benchmarks/page_faults.py`). Freed memory now stays with the process for
+    its next allocations."""
+    global _MALLOC_SET
+    if not _MALLOC_SET:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            _MALLOC_SET = bool(libc.mallopt(m_trim_threshold, 2**31 - 1)) and bool(libc.mallopt(m_mmap_threshold, 2**25))
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to set
+            pass
+    return _MALLOC_SET
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
