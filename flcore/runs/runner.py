@@ -145,6 +145,7 @@ def run(
             return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
 
     _check_may_train(cfg, store)
+    ckpt = _checkpoint([cfg], st)
     t0 = time.perf_counter()
     data, (start,) = _warm_starts([cfg], store, data, data_root, progress)
     data = load_data(cfg, data, data_root)
@@ -157,11 +158,25 @@ def run(
                    desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}", unit="round", leave=False)  # fmt: skip
     try:
         keep_freed_memory()
-        raw = simulate(cfg, plan, bar)
+        raw = simulate(cfg, plan, bar, checkpoint=ckpt)
     finally:
         if bar is not None:
             bar.close()
-    return _finish(cfg, plan, raw, time.perf_counter() - t0, st)
+    before, resumed = (0.0, {}) if ckpt is None else (ckpt.wall_before, {"resumed_after": ckpt.resumed_at})
+    result = _finish(cfg, plan, raw, time.perf_counter() - t0 + before, st, **resumed)
+    if ckpt is not None:
+        ckpt.remove()
+    return result
+
+
+def _checkpoint(cfgs: list[Config], st):
+    """The mid-training checkpoint of a stack of the fast engine with a store (else None):
+    flcore.runs.checkpoint."""
+    if st is None or cfgs[0].engine != "fast":
+        return None
+    from flcore.runs.checkpoint import Checkpoint
+
+    return Checkpoint(st.path, [store_key(c) for c in cfgs])
 
 
 def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta) -> Result:
@@ -335,6 +350,7 @@ class _RoundHook:
 
 
 def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None) -> list[Result]:
+    ckpt = _checkpoint(cfgs, st)
     t0 = time.perf_counter()
     data, starts = _warm_starts(cfgs, None if st is None else st.path, data, data_root, progress)
     data_sub = load_data(cfgs[0], data, data_root)
@@ -350,11 +366,11 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None)
     hook = None if bar is None and on_round is None else _RoundHook(bar, on_round)
     try:
         keep_freed_memory()
-        raw = simulate(lead, plans[0], hook, feds=feds)
+        raw = simulate(lead, plans[0], hook, feds=feds, checkpoint=ckpt)
     finally:
         if bar is not None:
             bar.close()
-    wall = (time.perf_counter() - t0) / len(cfgs)
+    wall = (time.perf_counter() - t0 + (0.0 if ckpt is None else ckpt.wall_before)) / len(cfgs)
     results, start = [], 0
     for c, pl in zip(cfgs, plans):
         sl = slice(start, start + c.repeats)
@@ -365,5 +381,8 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None)
                 "attack_success": None if raw.get("attack_success") is None else raw["attack_success"][sl],
                 "excluded": raw["aggregation"].excluded_frame(range(sl.start, sl.stop)),
                 "model": None if raw["model"] is None else {kk: v[sl] for kk, v in raw["model"].items()}}  # fmt: skip
-        results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs)))
+        resumed = {} if ckpt is None else {"resumed_after": ckpt.resumed_at}
+        results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs), **resumed))
+    if ckpt is not None:
+        ckpt.remove()
     return results

@@ -42,6 +42,17 @@ class Aggregation:
                 for c, _, j in feds
             ]
 
+    def state_dict(self) -> dict:
+        """What the aggregator's side carries from round to round (for a checkpoint): who was
+        excluded when, each federation's defense state (`Defense.start`) and rule state
+        (`Aggregator.init`). Rules and defenses keep their cross-round state there only."""
+        return {"excluded": list(self.excluded), "rule_state": self.rule_state,
+                "defense_state": self.defense_state}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.excluded = list(state["excluded"])
+        self.rule_state, self.defense_state = state["rule_state"], state["defense_state"]
+
     def excluded_frame(self, feds: range | None = None) -> pd.DataFrame | None:
         """Who was excluded when: repeat (within its config), round, participant, malicious
         (the truth, recorded for evaluation only). feds: these federations only."""

@@ -77,18 +77,24 @@ from flcore.sim.plan import (
 )
 
 
-def simulate(cfg: Config, plan: Plan, progress=None, feds=None) -> dict:
+def simulate(cfg: Config, plan: Plan, progress=None, feds=None, checkpoint=None) -> dict:
     """Train the federations of `plan` (or `feds`: (config, plan, repeat) of several configs
     that `run_many` may stack) on `cfg.device` in `cfg.precision` (both resolved); returns
     the raw arrays: confusion, eval_rounds, losses, diverged_at, updates, excluded, model,
-    and `aggregation` (the `Aggregation`, for per-config excluded frames)."""
+    and `aggregation` (the `Aggregation`, for per-config excluded frames).
+
+    checkpoint: the fast engine only; an object with `load(device)` (the state saved by an earlier,
+    killed training of the same federations, or None), `due(rnd)` and `save(state)`
+    (flcore.runs.checkpoint). The engine resumes after the saved round and saves its state
+    after each round the checkpoint says is due; every random draw is keyed by the round, so
+    a resumed training gives the numbers of one that was never stopped."""
     if cfg.device == "auto" or cfg.precision == "auto":
         raise ValueError("simulate() needs a resolved config (flcore.runs.resolved)")
     if cfg.engine == "reference":
         if feds is not None:
             raise ValueError("the reference engine trains one config's repeats; use engine='fast' to stack")
         return _run_reference(cfg, plan, cfg.device, cfg.precision, progress)
-    return _run_fast(cfg, plan, cfg.device, cfg.precision, progress, feds=feds)
+    return _run_fast(cfg, plan, cfg.device, cfg.precision, progress, feds=feds, checkpoint=checkpoint)
 
 
 def _test_sets(cfg: Config, x_test: torch.Tensor, y_test: torch.Tensor):
@@ -347,7 +353,8 @@ def _eval_chunk(G: int, first_channels: int, hw: int) -> int:
     return int(max(8, min(1000, 4 * 2**20 // (G * first_channels * hw))))
 
 
-def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, feds=None) -> dict:
+def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, feds=None,
+              checkpoint=None) -> dict:  # fmt: skip
     """Train every federation of `feds` at once: a list of (config, plan, repeat), by default
     the repeats of `cfg`. `run_many` passes federations of several compatible configs (which
     differ only in the attack and selection: m, src, tgt, strategy, alpha, break round, seed)."""
@@ -393,8 +400,21 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     lr_tables = [learning_rates(c, pl.selected[j]) for c, pl, j in feds] if persistent else None
     fed_of = torch.arange(R, device=device).repeat_interleave(k)  # [G]: the model's federation
     momentum = None  # persistent: [R, N, ...] buffers per parameter, by participant
-    e = 0
-    for r in range(1, T + 1):
+    e, done = 0, 0
+    resume = checkpoint.load(device) if checkpoint is not None else None
+    if resume is not None:  # resume after the last saved round of a killed training
+        done, e = resume["round"], resume["e"]
+        for name, arr in (("confusion", confusion), ("losses", losses), ("diverged_at", diverged_at),
+                          ("updates", updates), ("asr", asr)):  # fmt: skip
+            if arr is not None:
+                arr[...] = resume[name]
+        glob = {kk: v.to(device) for kk, v in resume["glob"].items()}
+        if resume["momentum"] is not None:
+            momentum = [m.to(device) for m in resume["momentum"]]
+        aggregate.load_state_dict(resume["aggregation"])
+        if progress is not None:
+            progress.update(done)
+    for r in range(done + 1, T + 1):
         # --- this round's data for each of the G = R*k models (then the R servers') --------
         orders, flips, offsets, mal_rows, models = [], [], [], [], []
         for c, pl, j in feds:
@@ -558,6 +578,10 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                             preds.append(stacked_forward(spec, glob, xs, R, training=False).argmax(-1))
                     asr[:, e] = attack_success_rate(yt, torch.cat(preds, dim=1), tgt_f)
                 e += 1
+        if checkpoint is not None and r < T and checkpoint.due(r):
+            checkpoint.save(dict(round=r, e=e, glob=glob, momentum=momentum, confusion=confusion,
+                                 losses=losses, diverged_at=diverged_at, updates=updates, asr=asr,
+                                 aggregation=aggregate.state_dict()))  # fmt: skip
         if progress is not None:
             progress.update(1)
     return dict(confusion=confusion, eval_rounds=eval_rounds, losses=losses,

@@ -1,0 +1,157 @@
+"""Mid-training checkpoints (flcore.runs.checkpoint): a stopped stack resumes at its last saved
+round and gives the numbers of one that never stopped, bit for bit; real training, real kills."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_sweep import TINY, assert_same_entry, env, needs_fmnist
+
+import flcore.runs.sweep as S
+from flcore.runs.checkpoint import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoint, every_s
+from flcore.runs.runner import store_key, train_stack
+from flcore.runs.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [needs_fmnist, pytest.mark.usefixtures("one_thread")]
+
+ROUNDS = 6
+# plain FedAvg; and what carries state from round to round besides the models: the PCA
+# defense's history and blocked set, the participants' own momentum and learning-rate
+# schedule (client_state="persistent"), the recorded updates
+CASES = {
+    "fedavg": {**TINY, "rounds": ROUNDS, "repeats": 2, "m": [0.0, 0.2]},
+    "pca-persistent": {**TINY, "rounds": ROUNDS, "repeats": 2, "m": [0.3, 0.5], "src": 4, "tgt": 6,
+                       "k": 5, "client_state": "persistent", "record_updates": "source",
+                       "defense": "pca",  # acting from round 1: it excludes someone in rounds 1-3
+                       "defense_params": {"min_rows": 4, "min_silhouette": 0.0, "start_round": 1,
+                                          "rounds_from": 1}},
+}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(rnd: int):
+    def hook(done: int) -> None:
+        if done >= rnd:
+            raise _Stop(done)
+
+    return hook
+
+
+def _checkpoints(store: Path) -> list[Path]:
+    return sorted((store / CHECKPOINT_DIR).glob("*.pt")) if (store / CHECKPOINT_DIR).exists() else []
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_stopped_stack_resumes_bit_for_bit(tmp_path, monkeypatch, case):
+    cfgs = S.expand(CASES[case])
+    train_stack(cfgs, store=tmp_path / "whole")  # never stopped (no checkpoint is due)
+    assert _checkpoints(tmp_path / "whole") == []
+
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")  # save after every round
+    stopped = tmp_path / "stopped"
+    with pytest.raises(_Stop):
+        train_stack(cfgs, store=stopped, on_round=_stop_after(3))
+    (ckpt,) = _checkpoints(stopped)
+    assert torch.load(ckpt, weights_only=False)["round"] == 3
+    assert Store(stopped).keys() == []  # nothing half-written reaches the store
+
+    seen: list[int] = []
+    train_stack(cfgs, store=stopped, on_round=seen.append)
+    assert seen == [3, 4, 5, 6]  # credited rounds 1-3 at once, trained only 4-6
+    assert _checkpoints(stopped) == []  # removed once every member is stored
+    whole, resumed = Store(tmp_path / "whole"), Store(stopped)
+    for c in cfgs:
+        a, b = whole.get(store_key(c)), resumed.get(store_key(c))
+        if c.defense:  # the defense's state before the stop shapes what follows
+            assert (a.frames["excluded"]["round"] <= 3).any()
+        assert_same_entry(a, b)
+        assert a.meta["resumed_after"] == 0 and b.meta["resumed_after"] == 3
+
+
+def test_unusable_checkpoints_are_set_aside(tmp_path, monkeypatch):
+    """A damaged file, or one of other configurations, is moved aside with a warning and the
+    stack trains from round 1; it is never resumed."""
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")
+    cfgs = S.expand({**TINY, "rounds": 3, "m": [0.0, 0.2]})
+    store = tmp_path / "results"
+    Store(store)
+    path = Checkpoint(store, [store_key(c) for c in cfgs]).path
+    path.parent.mkdir()
+    path.write_bytes(b"not a checkpoint")
+    seen: list[int] = []
+    with pytest.warns(UserWarning, match="cannot be resumed"):
+        train_stack(cfgs, store=store, on_round=seen.append)
+    assert seen == [1, 2, 3]
+    assert [p.name for p in path.parent.iterdir()][0].startswith(path.stem + ".unreadable-")
+
+    other = tmp_path / "other"
+    with pytest.raises(_Stop):  # a checkpoint of the first config alone ...
+        train_stack(cfgs[:1], store=other, on_round=_stop_after(2))
+    (src,) = _checkpoints(other)
+    dst = Checkpoint(other, [store_key(c) for c in cfgs]).path
+    src.rename(dst)  # ... under the name of the two-config stack
+    seen.clear()
+    with pytest.warns(UserWarning, match="belongs to other configurations"):
+        train_stack(cfgs, store=other, on_round=seen.append)
+    assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize("raw", ["soon", "-5", "nan"])
+def test_bad_checkpoint_interval_is_named(monkeypatch, raw):
+    monkeypatch.setenv(CHECKPOINT_ENV, raw)
+    with pytest.raises(ValueError, match=f"{CHECKPOINT_ENV}='{raw}'.*number >= 0"):
+        every_s()
+
+
+def test_sigkilled_sweep_resumes_mid_stack(tmp_path):
+    """A sweep process killed by SIGKILL in the middle of its only stack: the re-run starts
+    at the saved round, not at round 1, and stores the numbers of an uninterrupted run."""
+    rounds = 40
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("\n".join(["base:"] + [f"  {k}: {v}" for k, v in TINY.items() if k != "rounds"]
+                              + [f"  rounds: {rounds}", "m: [0.0, 0.2]"]) + "\n")  # fmt: skip
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "flcore", "sweep", str(grid), "--results", str(results),
+           "--threads", "1", "--quiet"]  # fmt: skip
+    run_env = {**env(), CHECKPOINT_ENV: "0"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        saved = 0
+        while time.monotonic() < deadline and proc.poll() is None and saved < 3:
+            files = _checkpoints(results)
+            if files:
+                try:
+                    saved = torch.load(files[0], weights_only=False)["round"]
+                except Exception:  # being replaced this instant: read it again
+                    pass
+            time.sleep(0.05)
+        assert proc.poll() is None and saved >= 3, proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert Store(results).keys() == []
+    (ckpt,) = _checkpoints(results)
+    at_kill = torch.load(ckpt, weights_only=False)["round"]
+    assert 3 <= at_kill < rounds
+
+    out = subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=180,
+                         check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfgs = S.expand({**TINY, "rounds": rounds, "m": [0.0, 0.2]})
+    train_stack(cfgs, store=tmp_path / "whole")
+    for c in cfgs:
+        b = Store(results).get(store_key(c))
+        assert b.meta["resumed_after"] == at_kill
+        assert_same_entry(Store(tmp_path / "whole").get(store_key(c)), b)
+    assert _checkpoints(results) == []
