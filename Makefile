@@ -33,7 +33,7 @@ reproduce: setup data
 	$(BIN)/python -m flcore reproduce --profile $(PROFILE)
 
 test: setup data browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 bench: setup data
 	$(BIN)/python benchmarks/engine_speed.py
