@@ -19,6 +19,7 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist's `--dist loadgroup`, the tests of a module that shares a module- or
     class-scoped fixture (a real run, a rendered workbook) go to one worker, so the fixture is

@@ -155,3 +155,30 @@ def test_sigkilled_sweep_resumes_mid_stack(tmp_path):
         assert b.meta["resumed_after"] == at_kill
         assert_same_entry(Store(tmp_path / "whole").get(store_key(c)), b)
     assert _checkpoints(results) == []
+
+
+def test_checkpoint_travels_with_the_export(tmp_path, monkeypatch):
+    """A stack stopped on one machine resumes on another from the committed export: the export
+    carries its checkpoint, the import puts it back unless the store's own is further on, and
+    once the stack is stored the next export drops it."""
+    from flcore.runs.export import export_runs, import_runs
+
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")
+    cfgs = S.expand({**TINY, "rounds": 4, "m": [0.0, 0.2]})
+    keys = [store_key(c) for c in cfgs]
+    here, there, folder = tmp_path / "here", tmp_path / "there", tmp_path / "runs"
+    with pytest.raises(_Stop):
+        train_stack(cfgs, store=here, on_round=_stop_after(2))
+    assert export_runs(here, keys, folder)["checkpoints"] == 1
+    assert export_runs(here, keys[:1], tmp_path / "other")["checkpoints"] == 0  # not of that plan
+    assert import_runs(folder, there)["checkpoints"] == 1
+    seen: list[int] = []
+    train_stack(cfgs, store=there, on_round=seen.append)
+    assert seen == [2, 3, 4]
+    with pytest.raises(_Stop):  # here, the stack goes on to round 3 ...
+        train_stack(cfgs, store=here, on_round=_stop_after(3))
+    assert import_runs(folder, here)["checkpoints"] == 0  # ... so the export's round 2 is not taken
+    assert torch.load(_checkpoints(here)[0], weights_only=False)["round"] == 3
+    ex = export_runs(there, keys, folder)
+    assert ex["runs"] == 2 and ex["checkpoints"] == 0  # stored now: the checkpoint is gone
+    assert list((folder / "checkpoints").glob("*.pt")) == []

@@ -136,7 +136,7 @@ def test_export_import_round_trip_and_stale_runs_skipped(in_process, tmp_path):
     info = export_runs(src, keys, tmp_path / "runs")
     assert info["runs"] == len(keys) and info["bytes"] > 0
     st = import_runs(tmp_path / "runs", tmp_path / "store")
-    assert st == {"runs": len(keys), "imported": len(keys), "present": 0, "stale": 0}
+    assert st == {"runs": len(keys), "imported": len(keys), "present": 0, "stale": 0, "checkpoints": 0}
     a, b = Store(src), Store(tmp_path / "store")
     for k in keys:
         ea, eb = a.get(k), b.get(k)
@@ -160,6 +160,17 @@ def test_export_import_round_trip_and_stale_runs_skipped(in_process, tmp_path):
     st = import_runs(tmp_path / "runs", tmp_path / "fresh")
     assert st["stale"] == 1 and st["imported"] == len(keys) - 1
     assert runs.loc[0, "key"] not in Store(tmp_path / "fresh").keys()
+
+
+def test_export_only_writes_the_store_as_it_is_and_trains_nothing(in_process, tmp_path):
+    lines: list[str] = []
+    extra = {"output_dir": str(tmp_path / "figures"), "results": str(in_process / "results")}
+    written = execute("t", params_dir=_params(in_process), reports_dir=tmp_path / "reports", extra=extra,
+                      log=lambda *a, **k: lines.append(" ".join(map(str, a))), export_only=True, **KW)  # fmt: skip
+    runs = pd.read_parquet(tmp_path / "figures" / "t" / "runs" / "runs.parquet")
+    assert len(runs) > 0 and set(runs["key"]) <= set(Store(in_process / "results").keys())
+    assert any(f": {len(runs)} runs, 0 checkpoints of stacks stopped part-way" in line for line in lines), lines
+    assert all(p.suffix == ".parquet" for p in written) and not (tmp_path / "reports").exists()
 
 
 def test_dry_run_reports_the_plan_and_trains_nothing(in_process, tmp_path):

@@ -11,12 +11,17 @@ An export is a folder of Parquet files (pyarrow, zstd):
                             concatenated, with a `key` column
     arrays.parquet          each stored array (confusion matrices, selections, malicious
                             sets, recorded updates): key, name, dtype, shape, raw bytes
+    checkpoints/<id>.pt     the store's mid-training checkpoints of stacks of these runs
+                            (flcore.runs.checkpoint): a stack stopped part-way on one machine
+                            resumes at its saved round on the next
 
 `import_runs(folder, store)` writes every run whose key this code still computes for its
 configuration into the store; a run exported by code with other numbers (another numerics
 or flcore version, another default) has another key and is skipped as stale, never
 served. So a long computation continues on a fresh machine from its last committed export,
-and anyone re-renders its figures without training.
+and anyone re-renders its figures without training. It also puts back each exported
+checkpoint that is further on than the store's own (a checkpoint is only ever resumed by the
+configurations it was saved for).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from flcore.config import Config
 __all__ = ["export_runs", "import_runs"]
 
 RUNS_FILE = "runs.parquet"
+CHECKPOINTS = "checkpoints"
 ARRAYS_FILE = "arrays.parquet"
 FRAME_PREFIX = "frame_"
 _STUDY_COLUMNS = ("dataset", "src", "tgt", "m", "strategy", "alpha", "break_round", "rounds",
@@ -47,7 +53,8 @@ def _write(df: pd.DataFrame, path: Path) -> None:
 
 
 def export_runs(store, keys, folder) -> dict:
-    """Write the stored runs `keys` (missing ones are skipped) to `folder`; returns counts.
+    """Write the stored runs `keys` (missing ones are skipped) to `folder`, with the store's
+    checkpoints of stacks made of `keys` that are not stored yet; returns counts.
 
     The files are replaced as a whole (written beside, then renamed), so an export
     interrupted mid-way leaves the previous one readable."""
@@ -79,15 +86,57 @@ def export_runs(store, keys, folder) -> dict:
         _write(pd.concat(parts, ignore_index=True), folder / f"{FRAME_PREFIX}{name}.parquet")
     _write(pd.DataFrame(arrays, columns=["key", "name", "dtype", "shape", "data"]), folder / ARRAYS_FILE)
     _write(runs_df, folder / RUNS_FILE)  # last: it lists what the other files hold
+    n_ckpt = _export_checkpoints(st, set(keys), {r["key"] for r in runs}, folder / CHECKPOINTS)
     size = sum(p.stat().st_size for p in folder.glob("*.parquet"))
-    return {"runs": len(runs), "bytes": size, "folder": str(folder)}
+    size += sum(p.stat().st_size for p in (folder / CHECKPOINTS).glob("*.pt"))
+    return {"runs": len(runs), "checkpoints": n_ckpt, "bytes": size, "folder": str(folder)}
+
+
+def _saved(path: Path) -> dict | None:
+    """A checkpoint file's member keys and saved round (None: unreadable)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return {"keys": list(state["keys"]), "round": int(state["round"])}
+    except Exception:  # noqa: BLE001 - damaged: neither exported nor imported
+        return None
+
+
+def _copy(src: Path, dst: Path) -> None:
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _export_checkpoints(st, keys: set, stored: set, dest: Path) -> int:
+    """Mirror into `dest` the store's checkpoints whose stacks are made of `keys` and not
+    wholly stored; a file in `dest` for a stack now stored, or no longer checkpointed, goes."""
+    from flcore.runs.checkpoint import CHECKPOINT_DIR
+
+    keep = {}
+    for p in sorted((st.path / CHECKPOINT_DIR).glob("*.pt")):
+        info = _saved(p)
+        if info is not None and set(info["keys"]) <= keys and not set(info["keys"]) <= stored:
+            keep[p.name] = p
+    for name, p in keep.items():
+        _copy(p, dest / name)
+    for p in dest.glob("*.pt") if dest.exists() else ():
+        if p.name not in keep:
+            p.unlink()
+    return len(keep)
 
 
 def import_runs(folder, store) -> dict:
     """Put every run of the export `folder` that is current for this code into `store`.
 
-    Returns {runs, imported, present, stale}: runs already in the store are left as they
-    are; a run whose configuration this code keys differently (other numbers) is skipped.
+    Returns {runs, imported, present, stale, checkpoints}: runs already in the store are left
+    as they are; a run whose configuration this code keys differently (other numbers) is
+    skipped; `checkpoints` counts the exported checkpoints put into the store because it had
+    none of their stack, or one saved at an earlier round.
     """
     from flcore.runs.runner import store_key
     from flcore.runs.store import Store
@@ -98,7 +147,8 @@ def import_runs(folder, store) -> dict:
                                 "(flcore.runs.export.export_runs writes one)")  # fmt: skip
     st = Store(store)
     runs = pd.read_parquet(folder / RUNS_FILE)
-    stats = {"runs": len(runs), "imported": 0, "present": 0, "stale": 0}
+    stats = {"runs": len(runs), "imported": 0, "present": 0, "stale": 0,
+             "checkpoints": _import_checkpoints(folder / CHECKPOINTS, st)}  # fmt: skip
     if not len(runs):
         return stats
     frames = {p.name[len(FRAME_PREFIX):-len(".parquet")]: pd.read_parquet(p)
@@ -125,3 +175,19 @@ def import_runs(folder, store) -> dict:
         st.put(r.key, config, fr, ar, json.loads(r.meta))
         stats["imported"] += 1
     return stats
+
+
+def _import_checkpoints(src: Path, st) -> int:
+    from flcore.runs.checkpoint import CHECKPOINT_DIR
+
+    n = 0
+    for p in sorted(src.glob("*.pt")) if src.exists() else ():
+        theirs = _saved(p)
+        if theirs is None or all(st.has(k) for k in theirs["keys"]):
+            continue
+        dst = st.path / CHECKPOINT_DIR / p.name
+        ours = _saved(dst) if dst.exists() else None
+        if ours is None or ours["round"] < theirs["round"]:
+            _copy(p, dst)
+            n += 1
+    return n

@@ -1,13 +1,15 @@
 """`python -m flcore reproduce`: plan, compute and render the workbook's notebooks.
 
     python -m flcore reproduce --profile P [--only 01,03] [--device auto|cpu|cuda]
-        [--local-cluster N | --scheduler tcp://host:8786] [--dry-run] [--threads T]
+        [--local-cluster N | --scheduler tcp://host:8786] [--dry-run | --export-only] [--threads T]
 
 plan:    the configurations every selected notebook needs, from `params/<profile>/NN_*.yaml`
          and the notebook's own defaults, without training (`flcore.studies.plan`);
          `--dry-run` prints them with what is stored and an estimated wall time, and stops.
 compute: the pending configurations as stacks (`flcore.runs.compute`), in this process or one
-         Dask task per stack; every finished stack is stored, so a killed compute resumes.
+         Dask task per stack; every finished stack is stored, so a killed compute resumes
+         (a stack stopped part-way from its last checkpoint, flcore.runs.checkpoint);
+         `--export-only` writes the export of the store as it is (runs and checkpoints).
 render:  papermill executes each notebook into `reports/<profile>/` (plus an HTML export),
          figures and tables go to `figures/<profile>/`; training is forbidden here, so a
          notebook that needs a run the store lacks stops naming it.
@@ -203,7 +205,7 @@ def _figures_of(plan, out_name: str, root: Path) -> Path:
 def execute(profile: str, only: list[str] | None = None, device: str | None = None,
             root: Path = REPO_ROOT, params_dir: Path | None = None, reports_dir: Path | None = None,
             extra: dict | None = None, log=print, executor=None, threads: int | None = None,
-            dry_run: bool = False, export: bool | None = None,
+            dry_run: bool = False, export: bool | None = None, export_only: bool = False,
             max_federations: int | None = None) -> list[Path]:  # fmt: skip
     """Plan, compute and render a profile; returns the files written. Raises on the first failure.
 
@@ -214,6 +216,9 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     render:  papermill executes the notebooks with training forbidden: each reads its runs
              from the store, and one that would have to train stops naming the configuration.
     dry_run: print the plan (and an estimated wall time) and stop.
+    export_only: write the export of what the store holds now (runs, and checkpoints of
+    stacks stopped part-way) to figures/<profile>/runs/ and stop: before handing a stopped
+    compute to another machine.
     """
     params_dir = params_dir or root / "params" / profile
     settings = profile_settings(profile, params_dir)
@@ -232,7 +237,8 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
 
         st = import_runs(runs_dir, store)
         log(f"import {runs_dir}: {st['imported']} runs imported, {st['present']} already stored, "
-            f"{st['stale']} stale (computed by code with other numbers; skipped)")  # fmt: skip
+            f"{st['stale']} stale (computed by code with other numbers; skipped)"
+            + (f"; {st['checkpoints']} stopped stacks resume from the export's checkpoints" if st["checkpoints"] else ""))  # fmt: skip
     per_nb = planned_configs(plan)
     everything = [c for cs in per_nb.values() for c in cs]
     full_plan = cp.plan(everything, store, max_federations)
@@ -244,7 +250,13 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
         from flcore.runs.export import export_runs
         from flcore.runs.runner import store_key
 
-        export_runs(store, [store_key(c) for c in full_plan.configs], runs_dir)
+        return export_runs(store, [store_key(c) for c in full_plan.configs], runs_dir)
+
+    if export_only:
+        ex = save_export()
+        log(f"export {runs_dir}: {ex['runs']} runs, {ex['checkpoints']} checkpoints of stacks stopped "
+            f"part-way, {ex['bytes'] / 1e6:.1f} MB")  # fmt: skip
+        return sorted(runs_dir.glob("*.parquet")) + sorted((runs_dir / "checkpoints").glob("*.pt"))
 
     cp.compute(everything, store, executor, threads=threads, max_federations=max_federations,
                progress=True, on_stack=save_export if export else None, log=log)  # fmt: skip
@@ -378,9 +390,13 @@ def cmd_reproduce(argv: list[str]) -> int:
     p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                    help="override the notebooks' device parameter")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the configurations, federations, experiment-rounds, what is stored "
-                        "and an estimated wall time here (a short calibration); train nothing")  # fmt: skip
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true",
+                      help="print the configurations, federations, experiment-rounds, what is stored "
+                           "and an estimated wall time here (a short calibration); train nothing")  # fmt: skip
+    what.add_argument("--export-only", action="store_true",
+                      help="write figures/<profile>/runs/ from the store as it is (stored runs, and "
+                           "checkpoints of stacks stopped part-way) and stop; train nothing")  # fmt: skip
     where = p.add_mutually_exclusive_group()
     where.add_argument("--local-cluster", type=int, metavar="N",
                        help="compute on a Dask LocalCluster of N worker processes on 127.0.0.1")
@@ -405,7 +421,8 @@ def cmd_reproduce(argv: list[str]) -> int:
     from flcore.config import ConfigError
 
     kw = dict(extra={"seed": a.seed} if a.seed is not None else None, threads=a.threads,
-              dry_run=a.dry_run, export=a.export, max_federations=a.max_federations)  # fmt: skip
+              dry_run=a.dry_run, export=a.export, export_only=a.export_only,
+              max_federations=a.max_federations)  # fmt: skip
     try:
         if a.local_cluster or a.scheduler:
             from flcore.runs.sweep import _client
