@@ -3,6 +3,7 @@ round and gives the numbers of one that never stopped, bit for bit; real trainin
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -88,10 +89,16 @@ def test_unusable_checkpoints_are_set_aside(tmp_path, monkeypatch):
     path = Checkpoint(store, [store_key(c) for c in cfgs]).path
     path.parent.mkdir()
     path.write_bytes(b"not a checkpoint")
+    old, fresh = (path.with_name(f".tmp-{path.stem}-{pid}.pt") for pid in (1, 2))  # saves cut by kills
+    for p in (old, fresh):
+        p.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
     seen: list[int] = []
     with pytest.warns(UserWarning, match="cannot be resumed"):
         train_stack(cfgs, store=store, on_round=seen.append)
     assert seen == [1, 2, 3]
+    assert not old.exists() and fresh.exists()  # an hour-old one is removed; a recent one may be live
+    fresh.unlink()
     assert [p.name for p in path.parent.iterdir()][0].startswith(path.stem + ".unreadable-")
 
     other = tmp_path / "other"

@@ -19,7 +19,8 @@ The stack id is a hash of its members' store keys, in stack order, so a checkpoi
 ever resumed by the same configurations, on the same device kind and precision, with the same
 flcore and numerics versions: code that changes the numbers starts afresh. The file is written
 to a temporary name, fsynced and renamed, so a kill while saving leaves the previous
-checkpoint; an unreadable one is set aside with a warning and the stack starts from round 1.
+checkpoint (and a temporary file, removed by the next training of that stack once it is an
+hour old); an unreadable one is set aside with a warning and the stack starts from round 1.
 The runner deletes the checkpoint once every member is stored. The folder holds nothing else
 and can be deleted at any time (its stacks then start afresh); the store's listing ignores it.
 """
@@ -74,6 +75,12 @@ class Checkpoint:
     def load(self, device) -> dict | None:
         """The saved state, with tensors on `device`; None if there is none (or it is unreadable
         or of other configurations: then it is set aside)."""
+        for tmp in self.path.parent.glob(f".tmp-{self.path.stem}-*.pt"):  # a save cut by a kill
+            try:
+                if time.time() - tmp.stat().st_mtime > 3600:  # a save takes a second or so
+                    tmp.unlink()
+            except OSError:
+                pass
         if not self.path.exists():
             return None
         try:
