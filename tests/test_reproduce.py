@@ -271,6 +271,23 @@ def test_dry_run_estimate_spreads_stacks_over_workers(tmp_path, monkeypatch):
     assert shared["oversubscribed"] == 2 and shared["seconds"] == pytest.approx(2 * two["seconds"])
 
 
+def test_workers_on_this_machine_are_told_from_remote_ones():
+    """The estimate shares this machine's cores among the workers only when they run here: on
+    a loopback address or on one of its interfaces, not merely on a 127.x address."""
+    import psutil
+
+    from flcore.studies.reproduce import _is_this_machine
+
+    assert _is_this_machine("127.0.0.1") and _is_this_machine("localhost")
+    own = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+           if a.family.name == "AF_INET" and not a.address.startswith("127.")]  # fmt: skip
+    assert all(_is_this_machine(ip) for ip in own)
+    # a documentation address (RFC 5737) that is none of this machine's
+    other = next(ip for ip in ("198.51.100.7", "203.0.113.7", "192.0.2.77") if ip not in own)
+    assert not _is_this_machine(other)
+    assert not _is_this_machine("no-such-host.invalid")
+
+
 def test_paper_cifar_plans_paper_fmnists_cells_on_cifar10():
     """paper-cifar is paper-fmnist's plan on CIFAR-10 (its three pairs, the same m, timing,
     availability and repeats): notebook by notebook as many configurations, all CIFAR-10 at

@@ -336,9 +336,27 @@ def _workers(executor) -> tuple[int, int | None]:
     they share: this machine's when every worker is on it (loopback), else unknown (None)."""
     if executor is None:
         return 1, os.cpu_count()
+    from distributed.comm import get_address_host
+
     info = executor.scheduler_info()["workers"]
-    local = all(addr.split("://")[-1].startswith(("127.", "localhost")) for addr in info)
+    local = all(_is_this_machine(get_address_host(addr)) for addr in info)
     return max(1, sum(w.get("nthreads", 1) for w in info.values())), os.cpu_count() if local else None
+
+
+def _is_this_machine(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine: a loopback address, or one of
+    its network interfaces' (a LocalCluster may listen on either)."""
+    import ipaddress
+    import socket
+
+    import psutil  # a dependency of Dask's
+
+    try:
+        ip = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        return False
+    mine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return ip.is_loopback or str(ip) in mine
 
 
 def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log,
