@@ -116,10 +116,6 @@ class Checkpoint:
         os.replace(tmp, self.path)
         self.last = now
 
-    def wall_s(self) -> float:
-        """Seconds this stack has trained so far, over every process that trained it."""
-        return self.wall_before + time.perf_counter() - self.started
-
     def remove(self) -> None:
         try:
             self.path.unlink()
