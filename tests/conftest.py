@@ -41,6 +41,15 @@ def fmnist():
         pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {e}")
 
 
+@pytest.fixture(scope="session")
+def cifar10():
+    """The real CIFAR-10 (50,000 / 10,000), loaded once per test session."""
+    try:
+        return load_dataset("cifar10", download=False, progress=False)
+    except DatasetNotFoundError as e:
+        pytest.skip(f"CIFAR-10 not found (see the README, Data): {e}")
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: tests that start worker processes on a 2-core machine would

@@ -1,10 +1,11 @@
 """Golden numbers: a code change that alters the numbers must bump the numerics version.
 
 The result store's key cannot see the code, only the configuration; it hashes
-`flcore.core.numerics.NUMERICS_VERSION` too. These tests recompute the tiny real
-Fashion-MNIST cases of `tools/golden.py` and fail when their numbers differ from
-`tests/golden.json`, so changing the numbers (a default applied at run time, the model's
-initialisation, a random stream, an engine) without bumping the version fails here.
+`flcore.core.numerics.NUMERICS_VERSION` and the dataset's numerics revision too. These tests
+recompute the tiny real Fashion-MNIST and CIFAR-10 cases of `tools/golden.py` and fail when
+their numbers differ from `tests/golden.json`, so changing the numbers (a default applied at
+run time, the model's initialisation, a random stream, an engine) without bumping the version
+(or the dataset's revision) fails here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import flcore.core.numerics as numerics
-from flcore.core.numerics import NUMERICS_VERSION
+from flcore.core.numerics import DATASET_REVISIONS, NUMERICS_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,11 @@ def test_golden_file_matches_the_numerics_version():
         f"the code says NUMERICS_VERSION = {NUMERICS_VERSION}: regenerate the golden numbers "
         "with `python tools/golden.py --write` (bump the version only when the numbers change)"
     )
+    assert GOLDEN.get("dataset_revisions") == golden.revisions(), (
+        f"tests/golden.json was recorded for dataset revisions {GOLDEN.get('dataset_revisions')}, "
+        f"the code says {golden.revisions()} (flcore.core.numerics.DATASET_REVISIONS): regenerate "
+        "the golden numbers with `python tools/golden.py --write`"
+    )
     assert set(GOLDEN["cases"]) == set(golden.CASES), (
         "tests/golden.json and tools/golden.py name different cases: rerun "
         "`python tools/golden.py --write` (after bumping NUMERICS_VERSION if numbers changed)"
@@ -52,8 +58,9 @@ def test_golden_file_matches_the_numerics_version():
 
 
 @pytest.mark.parametrize("name", list(golden.CASES))
-def test_golden_numbers_unchanged(fmnist, name):
-    diff = golden.compare(GOLDEN["cases"], golden.compute(fmnist, [name]))
+def test_golden_numbers_unchanged(request, name):
+    data = request.getfixturevalue(golden.config(name).dataset)  # the fmnist or cifar10 fixture
+    diff = golden.compare(GOLDEN["cases"], golden.compute(data, [name]))
     assert not diff, (
         f"The numbers of golden case {name!r} changed under NUMERICS_VERSION = "
         f"{NUMERICS_VERSION}:\n  " + "\n  ".join(diff) + "\n" + HOW
@@ -98,7 +105,8 @@ def test_write_refuses_other_numbers_under_the_same_version(tmp_path, monkeypatc
     assert golden.load(path)["cases"] == cases
     monkeypatch.setattr(numerics, "NUMERICS_VERSION", NUMERICS_VERSION + 1)
     golden.write(changed, path)  # after the bump
-    assert golden.load(path) == {"numerics_version": NUMERICS_VERSION + 1, "cases": changed}
+    assert golden.load(path) == {"numerics_version": NUMERICS_VERSION + 1, "cases": changed,
+                                 "dataset_revisions": golden.revisions()}
 
 
 def test_store_key_hashes_the_numerics_version(monkeypatch):
@@ -114,3 +122,43 @@ def test_store_key_hashes_the_numerics_version(monkeypatch):
     assert store_key(cfg) != before and sweep.store_key(cfg) == store_key(cfg)
     assert sweep._task_key(None, cfg) != task
     assert store_key(Config(**golden.BASE)) == store_key(cfg)  # label_flip is the base
+
+
+def test_write_takes_new_numbers_of_a_dataset_whose_revision_was_bumped(tmp_path, monkeypatch):
+    """A change confined to one dataset bumps its revision: the golden file then takes that
+    dataset's new numbers, and still refuses changed numbers of the other datasets."""
+    path = tmp_path / "golden.json"
+    cases = {n: dict(c) for n, c in GOLDEN["cases"].items()}
+    golden.write(cases, path)
+    cifar = dict(cases["cifar10"], excluded=[[0, 1, 2]])
+    with pytest.raises(ValueError, match="DATASET_REVISIONS"):
+        golden.write({**cases, "cifar10": cifar}, path)
+    monkeypatch.setitem(DATASET_REVISIONS, "cifar10", DATASET_REVISIONS.get("cifar10", 0) + 1)
+    with pytest.raises(ValueError, match=f"{FAST_CASE}: excluded"):  # fmnist: unchanged revision
+        golden.write({**cases, "cifar10": cifar, FAST_CASE: dict(cases[FAST_CASE], excluded=[[0, 1, 2]])}, path)
+    golden.write({**cases, "cifar10": cifar}, path)
+    doc = golden.load(path)
+    assert doc["cases"]["cifar10"] == cifar and doc["dataset_revisions"]["cifar10"] == DATASET_REVISIONS["cifar10"]
+
+
+def test_a_dataset_revision_changes_only_that_datasets_keys(monkeypatch, tmp_path):
+    """Bumping CIFAR-10's revision gives CIFAR-10 runs new keys, keeps Fashion-MNIST's, and a
+    stored CIFAR-10 run of the old revision drops out of `Store.table()` as stale."""
+    from flcore.config import Config
+    from flcore.runs.runner import store_key
+    from flcore.runs.store import Store
+
+    fm, cf = golden.config(FAST_CASE), golden.config("cifar10")
+    assert "numerics_revision" not in fm.key_dict()
+    assert cf.key_dict()["numerics_revision"] == DATASET_REVISIONS["cifar10"]
+    assert Config.from_dict(cf.key_dict()) == cf  # a stored key_dict reads back
+    st = Store(tmp_path / "store")
+    frame = {"final": __import__("pandas").DataFrame({"repeat": [0], "accuracy": [50.0]})}
+    st.put(store_key(cf), cf.key_dict(), frame, {}, {"status": "ok"})
+    st.put(store_key(fm), fm.key_dict(), frame, {}, {"status": "ok"})
+    assert len(st.table()) == 2
+    before_fm, before_cf = store_key(fm), store_key(cf)
+    monkeypatch.setitem(DATASET_REVISIONS, "cifar10", DATASET_REVISIONS["cifar10"] + 1)
+    assert store_key(fm) == before_fm and store_key(cf) != before_cf
+    assert list(st.table()["dataset"]) == ["fmnist"]
+    assert len(st.table(include_stale=True)) == 2

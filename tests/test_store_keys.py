@@ -2,9 +2,9 @@
 long paper-scale computation committed in figures/paper-fmnist/runs/.
 
 A key moves when a `Config` field is added without an entry in `KEY_NEUTRAL`, when a default
-changes, when an extension's parameter is added, or when the flcore or numerics version is
-bumped. The last is deliberate (the numbers changed) and then the literals below are updated
-with it; anything else should leave them alone.
+changes, when an extension's parameter is added, or when the flcore or numerics version, or a
+dataset's numerics revision, is bumped. The last two are deliberate (the numbers changed) and
+then the literals below are updated with them; anything else should leave them alone.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ PINNED = {
     # a quick-profile defended run
     "048b05a3a8a72209": Config(dataset="fmnist", m=0.2, rounds=8, repeats=2, n_train=15000, warm_start=20,
                                defense="pca", device="cpu", precision="fp32"),
-    # a robust rule with an attack's parameters resolved
-    "74deb1d39cd90302": Config(dataset="cifar10", m=0.3, aggregator="trimmed_mean", aggregator_params={"beta": 0.2},
+    # a robust rule with an attack's parameters resolved (CIFAR-10 numerics revision 1)
+    "cee64a46f0514c8d": Config(dataset="cifar10", m=0.3, aggregator="trimmed_mean", aggregator_params={"beta": 0.2},
                                attack="random_flip", device="cpu", precision="bf16"),
 }  # fmt: skip
 
@@ -34,8 +34,8 @@ def test_store_key_is_stable(key):
     assert got == key, (
         f"the store key of {PINNED[key]} moved ({key} -> {got}): every stored run would be "
         "recomputed. A new Config field belongs in flcore.config.config.KEY_NEUTRAL with the value "
-        "that reproduces the old numbers; if the numbers really changed, bump NUMERICS_VERSION and "
-        "update these literals."
+        "that reproduces the old numbers; if the numbers really changed, bump NUMERICS_VERSION (or the "
+        "dataset's entry of DATASET_REVISIONS) and update these literals."
     )
 
 

@@ -1,4 +1,5 @@
-"""Golden numbers: a handful of tiny real Fashion-MNIST runs whose numbers are pinned.
+"""Golden numbers: a handful of tiny real runs (Fashion-MNIST, and one of CIFAR-10) whose
+numbers are pinned.
 
     python tools/golden.py            # recompute and compare with tests/golden.json
     python tools/golden.py --write    # record them (after bumping NUMERICS_VERSION)
@@ -11,9 +12,11 @@ the per-round `train_loss` (10 significant digits) and the `excluded` participan
 ([repeat, round, participant] of a defense).
 
 The numbers a configuration produces are part of the result store's key only through
-`flcore.core.numerics.NUMERICS_VERSION`. `tests/test_golden.py` fails when these numbers
-change, and `--write` refuses to record new numbers under the version the file already has:
-a change of the numbers must bump the version, which gives every stored run a new key.
+`flcore.core.numerics.NUMERICS_VERSION` and the dataset's revision
+(`flcore.core.numerics.DATASET_REVISIONS`). `tests/test_golden.py` fails when these numbers
+change, and `--write` refuses to record new numbers of a case under the version and revision
+the file already has for it: a change of the numbers must bump one of them, which gives the
+stored runs it concerns new keys.
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ CASES: dict[str, dict] = {
     "foolsgold": {"aggregator": "foolsgold"},
     "warm_start": {"warm_start": 1},
     "dirichlet": {"partition": "dirichlet"},
+    "cifar10": {"dataset": "cifar10"},
 }
 
-BUMP = ("bump flcore.core.numerics.NUMERICS_VERSION first, then regenerate the golden numbers "
-        "with `python tools/golden.py --write`")  # fmt: skip
+BUMP = ("bump flcore.core.numerics.NUMERICS_VERSION first (or, for a change confined to one "
+        "dataset's code path, its entry of DATASET_REVISIONS), then regenerate the golden "
+        "numbers with `python tools/golden.py --write`")  # fmt: skip
 
 
 def config(name: str):
@@ -80,14 +85,31 @@ def case_numbers(result) -> dict:
 
 
 def compute(data=None, names=None) -> dict[str, dict]:
-    """Run the golden cases (all, or `names`) without a store; {name: case_numbers}."""
+    """Run the golden cases (all, or `names`) without a store; {name: case_numbers}.
+
+    `data`: {dataset name: loaded dataset} (each dataset a case needs and `data` lacks is
+    loaded here), or one loaded dataset for cases of its own dataset."""
     from flcore.data import load_dataset
     from flcore.runs.runner import run
 
-    if data is None:
-        data = load_dataset("fmnist", download=False, progress=False)
-    return {n: case_numbers(run(config(n), store=None, data=data, progress=False))
-            for n in (names or CASES)}  # fmt: skip
+    names = list(names or CASES)
+    if data is not None and not isinstance(data, dict):
+        data = {data.name: data}
+    data = dict(data or {})
+    out = {}
+    for n in names:
+        cfg = config(n)
+        if cfg.dataset not in data:
+            data[cfg.dataset] = load_dataset(cfg.dataset, download=False, progress=False)
+        out[n] = case_numbers(run(cfg, store=None, data=data[cfg.dataset], progress=False))
+    return out
+
+
+def revisions() -> dict[str, int]:
+    """The numerics revision of each dataset the cases use (`DATASET_REVISIONS`, 0 if absent)."""
+    from flcore.core.numerics import dataset_revision
+
+    return {ds: dataset_revision(ds) for ds in sorted({config(n).dataset for n in CASES})}
 
 
 def _close(a, b) -> bool:
@@ -122,20 +144,26 @@ def load(path: Path = GOLDEN) -> dict:
 
 
 def write(computed: dict[str, dict], path: Path = GOLDEN) -> str:
-    """Record `computed` under the current NUMERICS_VERSION; refuses (ValueError) to change
-    the numbers of a file that already has this version."""
+    """Record `computed` under the current NUMERICS_VERSION and dataset revisions; refuses
+    (ValueError) to change the numbers of a case whose version and dataset revision the file
+    already has."""
     from flcore.core.numerics import NUMERICS_VERSION
 
+    revs = revisions()
     if path.exists():
         old = load(path)
         if old.get("numerics_version") == NUMERICS_VERSION:
-            diff = compare(old.get("cases", {}), computed)
+            old_revs = old.get("dataset_revisions", {})
+            same = {n: c for n, c in computed.items()
+                    if old_revs.get(config(n).dataset, 0) == revs[config(n).dataset]}  # fmt: skip
+            diff = compare(old.get("cases", {}), same)
+            diff = [d for d in diff if not d.endswith("no golden numbers recorded")]
             if diff:
                 raise ValueError(
                     f"{path} holds numerics_version {NUMERICS_VERSION} with other numbers:\n  "
                     + "\n  ".join(diff) + f"\nThe numbers changed: {BUMP}."
                 )
-    doc = {"numerics_version": NUMERICS_VERSION, "cases": computed}
+    doc = {"numerics_version": NUMERICS_VERSION, "dataset_revisions": revs, "cases": computed}
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     path.write_text(text, encoding="utf-8")
     return text
@@ -164,6 +192,9 @@ def main(argv=None) -> int:
     if golden.get("numerics_version") != NUMERICS_VERSION:
         diff.insert(0, f"{a.path} has numerics_version {golden.get('numerics_version')}, the "
                        f"code {NUMERICS_VERSION}: regenerate it with `python tools/golden.py --write`")  # fmt: skip
+    if golden.get("dataset_revisions") != revisions():
+        diff.insert(0, f"{a.path} has dataset_revisions {golden.get('dataset_revisions')}, the "
+                       f"code {revisions()}: regenerate it with `python tools/golden.py --write`")  # fmt: skip
     for line in diff:
         print(line, file=sys.stderr)
     print(f"{len(computed)} cases, {took:.1f} s: {'differ' if diff else 'match'}")

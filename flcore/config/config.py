@@ -17,6 +17,7 @@ from typing import Any
 
 from flcore.attacks import ATTACKS
 from flcore.core.errors import ConfigError, MeanEquivalentWarning, suggest
+from flcore.core.numerics import dataset_revision
 from flcore.data.specs import DATASETS
 from flcore.defenses import AGGREGATORS, DEFENSES
 
@@ -181,7 +182,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        """A Config from a dict of fields; also takes a stored run's `key_dict()`, whose
+        `numerics_revision` belongs to the key, not to the configuration (a key recomputed from
+        the result then holds this code's revision: a run of another revision is stale)."""
         valid = cls.field_names()
+        d = {name: v for name, v in d.items() if name != "numerics_revision"}
         for name in d:
             if name not in valid:
                 raise ConfigError(
@@ -198,13 +203,18 @@ class Config:
         so changing a default can never serve a result computed under the old one.
 
         A field listed in `KEY_NEUTRAL` is left out while it holds its neutral value (see
-        there): adding an option must not invalidate every run stored before it existed.
+        there): adding an option must not invalidate every run stored before it existed. The
+        dataset's numerics revision (`flcore.core.numerics.DATASET_REVISIONS`) is added as
+        `numerics_revision` when it is not 0.
         """
         d = self.to_dict()
         d.update(self.resolved_params())
         for name, neutral in KEY_NEUTRAL.items():
             if d.get(name) == neutral:
                 del d[name]
+        revision = dataset_revision(self.dataset)
+        if revision:  # a change of the numbers confined to this dataset's code path
+            d["numerics_revision"] = revision
         return d
 
     # ---- the extensions ----------------------------------------------------------------------

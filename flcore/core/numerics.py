@@ -18,14 +18,30 @@ this one; `tools/golden.py --write` refuses to record different numbers under an
 version. Bumping the version gives every stored run a new key, so a store filled by older code
 is never served to newer code (the old entries stay on disk, unused).
 
+A change confined to one dataset's code path (its model's evaluation, say) bumps that
+dataset's entry of `DATASET_REVISIONS` instead: only that dataset's runs get new keys, and a
+long computation on another dataset keeps its stored runs. A nonzero revision enters the key
+as the configuration field `numerics_revision` (`Config.key_dict`); the golden file records the
+revisions too, and has a case per dataset.
+
 This module imports nothing: every layer may read it.
 """
 
 from __future__ import annotations
 
-__all__ = ["NUMERICS_VERSION", "key_version"]
+__all__ = ["DATASET_REVISIONS", "NUMERICS_VERSION", "dataset_revision", "key_version"]
 
 NUMERICS_VERSION = 1
+
+# dataset name -> revision of the numbers of its own code path (absent: 0). History:
+#   cifar10 1: each repeat's global model evaluated on its own, no longer in a grouped stack
+#              (flcore.sim.engine._evaluate): fp32 and bf16 logits can round differently.
+DATASET_REVISIONS: dict[str, int] = {"cifar10": 1}
+
+
+def dataset_revision(dataset: str | None) -> int:
+    """The numerics revision of `dataset`'s own code path (0 unless bumped)."""
+    return DATASET_REVISIONS.get(dataset, 0) if dataset is not None else 0
 
 
 def key_version(flcore_version: str) -> str:

@@ -95,7 +95,7 @@ import numpy as np
 import pandas as pd
 
 from flcore import __version__
-from flcore.core.numerics import NUMERICS_VERSION
+from flcore.core.numerics import NUMERICS_VERSION, dataset_revision
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -913,8 +913,8 @@ class Store:
             if entry is None or frame not in entry.frames:
                 continue
             nv = entry.manifest.get("numerics_version")
-            current = (entry.manifest.get("flcore_version") == __version__
-                       and nv == NUMERICS_VERSION)
+            current = (entry.manifest.get("flcore_version") == __version__ and nv == NUMERICS_VERSION
+                       and entry.config.get("numerics_revision", 0) == dataset_revision(entry.config.get("dataset")))
             if not (current or include_stale):
                 continue
             df = entry.frames[frame].copy()

@@ -353,6 +353,57 @@ def _eval_chunk(G: int, first_channels: int, hw: int) -> int:
     return int(max(8, min(1000, 4 * 2**20 // (G * first_channels * hw))))
 
 
+# Per-image elements of the first activation from which one model's test pass is evaluated on
+# its own rather than stacked with the other repeats' models (see `_evaluate`).
+PER_MODEL_EVAL_FROM = 2**15
+
+
+def _evaluate(spec, glob: dict, images, R: int, hw: int, device: str, precision: str) -> torch.Tensor:
+    """Predicted classes [R, n] of the R global models `glob` ([R, ...] tensors) on `images`,
+    a callable (b, e) -> float images [e - b, C, H, W] normalised for one model.
+
+    Small models (the Fashion-MNIST CNN) are evaluated as one stack: grouped convolutions over
+    cache-sized chunks. For a model whose first activation is large (the CIFAR-10 CNN: 32
+    channels of 32 x 32), a stack can only hold a dozen test images per chunk and the grouped
+    convolutions run far below the dense ones; each model is then evaluated on its own, at
+    the chunk size that suits one model (`python benchmarks/engine_speed.py` times both
+    datasets' rounds, evaluation included)."""
+    n = images.n
+    first = spec[0].args[1]
+    cl = torch.channels_last
+    if first * hw < PER_MODEL_EVAL_FROM:
+        chunk = _eval_chunk(R, first, hw)
+        preds = []
+        with autocast(device, precision):
+            for b in range(0, n, chunk):
+                xe = images(b, min(b + chunk, n)).repeat(1, R, 1, 1).contiguous(memory_format=cl)
+                preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
+        return torch.cat(preds, dim=1)
+    chunk = _eval_chunk(1, first, hw)
+    models = [{kk: v[g : g + 1] for kk, v in glob.items()} for g in range(R)]
+    preds = []
+    with autocast(device, precision):
+        for b in range(0, n, chunk):
+            xe = images(b, min(b + chunk, n)).contiguous(memory_format=cl)
+            preds.append(torch.cat([stacked_forward(spec, one, xe, 1, training=False).argmax(-1) for one in models]))
+    return torch.cat(preds, dim=1)
+
+
+class _TestImages:
+    """The test images of one evaluation, normalised for one model, a slice at a time
+    (`stamp`: with the attack's trigger)."""
+
+    def __init__(self, xt, dtype, mean, std, stamp=None):
+        self.xt, self.dtype, self.mean, self.std, self.stamp = xt, dtype, mean, std, stamp
+        self.n = len(xt)
+
+    def __call__(self, b: int, e: int) -> torch.Tensor:
+        x = self.xt[b:e].to(self.dtype) / 255.0
+        if self.stamp is not None:
+            x = self.stamp(x)
+        return (x - self.mean) / self.std
+
+
 def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, feds=None,
               checkpoint=None) -> dict:  # fmt: skip
     """Train every federation of `feds` at once: a list of (config, plan, repeat), by default
@@ -374,7 +425,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     most = M_base + (G if attack.needs_honest_twin else 0)
     mean_all = torch.tensor(data.mean, dtype=dtype, device=device).repeat(most).view(1, most * C, 1, 1)
     std_all = torch.tensor(data.std, dtype=dtype, device=device).repeat(most).view(1, most * C, 1, 1)
-    mean_e, std_e = mean_all[:, : R * C], std_all[:, : R * C]
+    mean_1, std_1 = mean_all[:, :C], std_all[:, :C]  # one model's (the test images')
     eval_rounds = np.asarray(cfg.eval_rounds())
     test_set = _test_sets(cfg, x_test, y_test)
     confusion = np.zeros((R, len(eval_rounds), cfg.num_classes, cfg.num_classes), np.int64)
@@ -388,7 +439,6 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
     src_t = torch.tensor([c.src for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
     tgt_t = torch.tensor([c.tgt for c, _, _ in feds], device=device).repeat_interleave(k)[:, None]
     cl = torch.channels_last
-    chunk = _eval_chunk(R, spec[0].args[1], H * W)
     augment = cfg.spec.augment
     persistent = cfg.client_state == "persistent"
     if persistent and server:  # Config rejects it (flcore.defenses.fltrust)
@@ -559,24 +609,13 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
 
             # --- evaluation of every repeat's global model in one pass ----------------------
             if r in eval_rounds:
-                preds = []
                 xt, yt = test_set(r)
-                with autocast(device, precision):
-                    for b in range(0, len(yt), chunk):
-                        xe = xt[b : b + chunk]
-                        xe = (xe.to(dtype).repeat(1, R, 1, 1) / 255.0 - mean_e) / std_e
-                        xe = xe.contiguous(memory_format=cl)
-                        preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
-                pred = torch.cat(preds, dim=1)  # [R, n_test]
+                pred = _evaluate(spec, glob, _TestImages(xt, dtype, mean_1, std_1), R, H * W,
+                                 device, precision)  # [R, n_test]  # fmt: skip
                 confusion[:, e] = confusion_counts(yt.expand(R, -1), pred).cpu().numpy()
                 if asr is not None:  # the same images with the trigger
-                    preds = []
-                    with autocast(device, precision):
-                        for b in range(0, len(yt), chunk):
-                            xs = attack.stamp(xt[b : b + chunk].to(dtype) / 255.0)
-                            xs = ((xs.repeat(1, R, 1, 1) - mean_e) / std_e).contiguous(memory_format=cl)
-                            preds.append(stacked_forward(spec, glob, xs, R, training=False).argmax(-1))
-                    asr[:, e] = attack_success_rate(yt, torch.cat(preds, dim=1), tgt_f)
+                    stamped = _TestImages(xt, dtype, mean_1, std_1, attack.stamp)
+                    asr[:, e] = attack_success_rate(yt, _evaluate(spec, glob, stamped, R, H * W, device, precision), tgt_f)
                 e += 1
         if checkpoint is not None and r < T and checkpoint.due(r):
             checkpoint.save(dict(round=r, e=e, glob=glob, momentum=momentum, confusion=confusion,

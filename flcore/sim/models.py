@@ -124,7 +124,9 @@ def stacked_forward(
             x = x.reshape(B, G, -1).transpose(0, 1)
         elif kind == "linear":
             w, b = state[f"{i}.weight"], state[f"{i}.bias"]  # [G, out, in], [G, out]
-            x = torch.baddbmm(b.unsqueeze(1).to(x.dtype), x, w.transpose(1, 2).to(x.dtype))
+            # cast, then transpose: the same strides as casting the transposed view (`to`
+            # keeps them), so the same numbers, but a contiguous cast instead of a strided one
+            x = torch.baddbmm(b.unsqueeze(1).to(x.dtype), x, w.to(x.dtype).transpose(1, 2))
         else:
             raise ValueError(f"unknown layer kind {kind!r}")
     return x
