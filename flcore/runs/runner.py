@@ -145,7 +145,8 @@ def run(
             return Result.from_store(cfg, hit.frames, hit.arrays, hit.meta)
 
     _check_may_train(cfg, store)
-    ckpt = _checkpoint([cfg], st)
+    if cfg.engine == "fast":  # a stack of one configuration, checkpointed like any other
+        return _run_batch([cfg], st, data, data_root, progress)[0]
     t0 = time.perf_counter()
     data, (start,) = _warm_starts([cfg], store, data, data_root, progress)
     data = load_data(cfg, data, data_root)
@@ -154,19 +155,15 @@ def run(
     if progress:
         from tqdm import tqdm  # a text bar: widget bars are saved as a dead "0/N" by papermill
 
-        bar = tqdm(total=cfg.rounds * (cfg.repeats if cfg.engine == "reference" else 1),
-                   desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}", unit="round", leave=False)  # fmt: skip
+        bar = tqdm(total=cfg.rounds * cfg.repeats, desc=f"{cfg.dataset} m={cfg.m:g} {cfg.strategy}",
+                   unit="round", leave=False)  # fmt: skip
     try:
         keep_freed_memory()
-        raw = simulate(cfg, plan, bar, checkpoint=ckpt)
+        raw = simulate(cfg, plan, bar)
     finally:
         if bar is not None:
             bar.close()
-    before, resumed = (0.0, {}) if ckpt is None else (ckpt.wall_before, {"resumed_after": ckpt.resumed_at})
-    result = _finish(cfg, plan, raw, time.perf_counter() - t0 + before, st, **resumed)
-    if ckpt is not None:
-        ckpt.remove()
-    return result
+    return _finish(cfg, plan, raw, time.perf_counter() - t0, st)
 
 
 def _checkpoint(cfgs: list[Config], st):
@@ -361,8 +358,9 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None)
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=lead.rounds, desc=f"{lead.dataset}: {len(cfgs)} configs, {len(feds)} federations",
-                   unit="round", leave=False)  # fmt: skip
+        desc = (f"{lead.dataset} m={lead.m:g} {lead.strategy}" if len(cfgs) == 1
+                else f"{lead.dataset}: {len(cfgs)} configs, {len(feds)} federations")  # fmt: skip
+        bar = tqdm(total=lead.rounds, desc=desc, unit="round", leave=False)
     hook = None if bar is None and on_round is None else _RoundHook(bar, on_round)
     try:
         keep_freed_memory()
