@@ -350,3 +350,37 @@ def test_stacks_count_twins_and_server_models_against_the_memory_bound():
     assert [sum(c.repeats for c in s) for s in batches(server)] == [25, 5]  # 25 x 6 = 150
     assert all(sum(c.repeats for c in s) * 10 <= cap * 5 for s in batches(twins))
     assert [sum(c.repeats for c in s) for s in batches(twins, max_federations=10)] == [10, 10, 10]
+
+
+@pytest.mark.parametrize("dataset", ["fmnist", "cifar10"])
+def test_both_evaluation_layouts_predict_alike(dataset, monkeypatch):
+    """`_evaluate` stacks small models and evaluates large ones one by one; in fp64 both
+    layouts give the same predictions, and the layout follows the first activation's size."""
+    import flcore.sim.engine as eng
+    from flcore.sim.models import architecture, init_state, stack_states
+
+    spec, R = architecture(dataset), 3
+    C, H = (1, 28) if dataset == "fmnist" else (3, 32)
+    glob = {k: v.double() if v.is_floating_point() else v
+            for k, v in stack_states([init_state(dataset, s) for s in range(R)]).items()}  # fmt: skip
+    for k in glob:  # BN statistics away from their initial values, as after training
+        if k.endswith("running_mean"):
+            glob[k] += 0.1 * torch.randn(glob[k].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    xt = torch.randint(0, 256, (40, C, H, H), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = eng._TestImages(xt, torch.float64, torch.zeros(1, C, 1, 1, dtype=torch.float64),
+                             torch.ones(1, C, 1, 1, dtype=torch.float64))  # fmt: skip
+    calls = []
+    real_forward = eng.stacked_forward
+    monkeypatch.setattr(eng, "stacked_forward", lambda *a, **k: calls.append(a[3]) or real_forward(*a, **k))
+    default = eng._evaluate(spec, glob, images, R, H * H, "cpu", "fp64")
+    assert set(calls) == ({R} if dataset == "fmnist" else {1})  # CIFAR-10: model by model
+    monkeypatch.setattr(eng, "PER_MODEL_EVAL_FROM", 0)  # force model by model
+    one_by_one = eng._evaluate(spec, glob, images, R, H * H, "cpu", "fp64")
+    monkeypatch.setattr(eng, "PER_MODEL_EVAL_FROM", 2**40)  # force one stack
+    stacked = eng._evaluate(spec, glob, images, R, H * H, "cpu", "fp64")
+    assert default.shape == (R, 40)
+    assert not torch.equal(stacked[0], stacked[1])  # the models differ, so a mix-up would show
+    assert torch.equal(one_by_one, stacked) and torch.equal(default, stacked)
+    for g in range(R):  # and each model's own plain forward pass
+        one = {k: v[g : g + 1] for k, v in glob.items()}
+        assert torch.equal(real_forward(spec, one, xt.double() / 255.0, 1, training=False).argmax(-1)[0], stacked[g])
