@@ -20,10 +20,12 @@ import json
 import math
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 from flcore.attacks import ATTACKS
 from flcore.config import Config, ConfigError, suggest
+from flcore.core.errors import MeanEquivalentWarning
 from flcore.data import DATASETS
 from flcore.defenses import AGGREGATORS, DEFENSES
 
@@ -185,6 +187,23 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
+def _warn_once() -> None:
+    """A grid makes the same Config many times; its MeanEquivalentWarning is shown once per
+    command. (Python's own once-per-line and "once" rules do not hold here: any library that
+    changes the warning filters resets the registries they rely on.)"""
+    shown: set[str] = set()
+    show = warnings.showwarning
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MeanEquivalentWarning):
+            if str(message) in shown:
+                return
+            shown.add(str(message))
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_once
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -198,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from flcore.data import DatasetFormatError, DatasetNotFoundError
     from flcore.runs.store import StoreError
 
+    _warn_once()
     module, func = COMMANDS[name]
     try:
         return getattr(importlib.import_module(module), func)(rest) or 0

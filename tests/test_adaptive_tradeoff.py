@@ -110,3 +110,24 @@ def test_scoreboard_names_the_mean_rule():
     summary = sb.scoreboard_summary(sb.scoreboard_table(final), final)
     assert summary.set_index("defense")["note"].to_dict() == {"none": "", "bulyan": "Bulyan with f=0 keeps all k=5 updates"}
     assert "equals FedAvg by construction here**: Bulyan with f=0" in sb.agreement_scoreboard(summary)
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_the_command_line_warns_once_however_often_the_config_is_made(once):
+    """`python -m flcore ...` says that a rule is the plain mean once per command, although the
+    compute makes the same Config in every stack and libraries reset Python's once-per-line
+    registry by changing the filters (the control run, without the filter, shows the repeats)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings\n"
+        "from flcore import cli\n"
+        "from flcore.config import Config\n"
+        + ("cli._warn_once()\n" if once else "")
+        + "for i in range(3):\n"
+        "    Config(aggregator='bulyan')\n"
+        "    warnings.filterwarnings('ignore', message=f'unrelated {i}')\n"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err.count("MeanEquivalentWarning") == (1 if once else 3), err
