@@ -32,22 +32,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
+def _real(name: str, how: str):
+    try:
+        return load_dataset(name, download=False, progress=False)
+    except DatasetNotFoundError as e:
+        pytest.skip(f"{name} not found ({how}): {e}")
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """The real Fashion-MNIST (60,000 / 10,000), loaded once per test session."""
-    try:
-        return load_dataset("fmnist", download=False, progress=False)
-    except DatasetNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {e}")
+    return _real("fmnist", "apt-get install dataset-fashion-mnist")
 
 
 @pytest.fixture(scope="session")
 def cifar10():
     """The real CIFAR-10 (50,000 / 10,000), loaded once per test session."""
-    try:
-        return load_dataset("cifar10", download=False, progress=False)
-    except DatasetNotFoundError as e:
-        pytest.skip(f"CIFAR-10 not found (see the README, Data): {e}")
+    return _real("cifar10", "see the README, Data")
 
 
 @pytest.fixture

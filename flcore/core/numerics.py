@@ -41,7 +41,7 @@ DATASET_REVISIONS: dict[str, int] = {"cifar10": 1}
 
 def dataset_revision(dataset: str | None) -> int:
     """The numerics revision of `dataset`'s own code path (0 unless bumped)."""
-    return DATASET_REVISIONS.get(dataset, 0) if dataset is not None else 0
+    return DATASET_REVISIONS.get(dataset, 0)
 
 
 def key_version(flcore_version: str) -> str:

@@ -368,24 +368,16 @@ def _evaluate(spec, glob: dict, images, R: int, hw: int, device: str, precision:
     convolutions run far below the dense ones; each model is then evaluated on its own, at
     the chunk size that suits one model (`python benchmarks/engine_speed.py` times both
     datasets' rounds, evaluation included)."""
-    n = images.n
-    first = spec[0].args[1]
-    cl = torch.channels_last
-    if first * hw < PER_MODEL_EVAL_FROM:
-        chunk = _eval_chunk(R, first, hw)
-        preds = []
-        with autocast(device, precision):
-            for b in range(0, n, chunk):
-                xe = images(b, min(b + chunk, n)).repeat(1, R, 1, 1).contiguous(memory_format=cl)
-                preds.append(stacked_forward(spec, glob, xe, R, training=False).argmax(-1))
-        return torch.cat(preds, dim=1)
-    chunk = _eval_chunk(1, first, hw)
-    models = [{kk: v[g : g + 1] for kk, v in glob.items()} for g in range(R)]
+    n, first = images.n, spec[0].args[1]
+    G = 1 if first * hw >= PER_MODEL_EVAL_FROM else R  # models per forward pass
+    models = [glob] if G == R else [{kk: v[g : g + 1] for kk, v in glob.items()} for g in range(R)]
+    chunk = _eval_chunk(G, first, hw)
     preds = []
     with autocast(device, precision):
         for b in range(0, n, chunk):
-            xe = images(b, min(b + chunk, n)).contiguous(memory_format=cl)
-            preds.append(torch.cat([stacked_forward(spec, one, xe, 1, training=False).argmax(-1) for one in models]))
+            xe = images(b, min(b + chunk, n))
+            xe = (xe.repeat(1, G, 1, 1) if G > 1 else xe).contiguous(memory_format=torch.channels_last)
+            preds.append(torch.cat([stacked_forward(spec, m, xe, G, training=False).argmax(-1) for m in models]))
     return torch.cat(preds, dim=1)
 
 
