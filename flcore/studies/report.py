@@ -169,8 +169,10 @@ def table4_section(late: pd.DataFrame | None, pairs) -> str:
     return _md(pd.DataFrame(rows))
 
 
-def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
-    """The paper's §3 findings that the stored runs can judge, one line each."""
+def findings(final, t2, late, timing_rounds, break_round, availability=None, clean_rounds=None,
+             availability_break: int = 75) -> list[str]:  # fmt: skip
+    """The paper's §3 findings that the stored runs can judge, one line each. availability,
+    clean_rounds, availability_break: see `availability_findings`."""
     out = []
     if t2 is not None and len(t2):
         for (s, t), g in t2.sort_values("m").groupby(["src", "tgt"]):
@@ -178,8 +180,11 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
                 continue
             lo, hi = g.iloc[0], g.iloc[-1]
             held = hi["mean"] > lo["mean"]
+            steps = np.diff(g["mean"].to_numpy())
             out.append(f"Source-recall loss grows with m ({s}→{t}): {'held' if held else 'NOT held'}: "
-                       f"{lo['mean']:.1f} pp at m={100 * lo['m']:g}% vs {hi['mean']:.1f} pp at m={100 * hi['m']:g}%.")  # fmt: skip
+                       f"{lo['mean']:.1f} pp at m={100 * lo['m']:g}% vs {hi['mean']:.1f} pp at m={100 * hi['m']:g}% "
+                       f"(final round; it grows at {int((steps > 0).sum())} of {len(steps)} steps between "
+                       "consecutive values of m).")  # fmt: skip
     if final is not None and (final["m"] > 0).any() and (final["m"] == 0).any():
         j = ex._with_baseline(final)
         dacc = (j["accuracy_clean"] - j["accuracy"]).mean()
@@ -206,6 +211,68 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
                 out.append(f"Early poisoning is forgotten, late poisoning is not ({s}→{t}): "
                            f"{'held' if gap_e < gap_l else 'NOT held'} (final-round gap after early "
                            f"poisoning {gap_e:+.1f} pp; mean gap after the break with late poisoning {gap_l:+.1f} pp).")  # fmt: skip
+    return out + availability_findings(availability, clean_rounds, availability_break)
+
+
+def availability_findings(av, clean, break_round: int) -> list[str]:
+    """The paper's findings on malicious availability α (§3.4, late poisoning from
+    `break_round`, Figs 5 and 7), one line each, from the availability runs' round frame `av`
+    (`flcore.studies.experiments.round_frame` rows) and the clean runs' round frame `clean`
+    (same pairs and repeats, every round evaluated; None skips the loss finding):
+
+    - source recall after the break falls as α grows, at every m;
+    - with m ≥ 10% and the largest α the loss in source recall, paired by repeat with the
+      clean run and averaged over the rounds from the break on, exceeds 20 pp;
+    - a rise in the number of malicious participants from one round to the next lowers
+      source recall, the more the larger the rise (the paper: +3 or +4 drop it by up to 40–60%).
+    """
+    if av is None or not len(av):
+        return []
+    out = []
+    per = ex.availability_per_repeat(av, break_round)
+    table = ex.availability_table(av, break_round)
+    for (s, t), g in table.groupby(["src", "tgt"]):
+        cells = []
+        for m, gm in g.groupby("m"):
+            gm = gm.sort_values("alpha")
+            if len(gm) >= 2:
+                lo, hi = gm.iloc[0], gm.iloc[-1]
+                cells.append((m, lo, hi, hi["mean"] < lo["mean"]))
+        if cells:
+            n_held = sum(c[3] for c in cells)
+            verdict = "held" if n_held == len(cells) else "NOT held" if n_held == 0 else "partly held"
+            lo_a, hi_a = cells[0][1]["alpha"], cells[0][2]["alpha"]
+            detail = "; ".join(f"m={100 * m:g}%: {lo['mean']:.1f} → {hi['mean']:.1f}" for m, lo, hi, _ in cells)
+            out.append(f"Source recall after the break falls as availability grows ({s}→{t}): {verdict}, "
+                       f"at {n_held} of {len(cells)} values of m (mean source recall over rounds ≥ "
+                       f"{break_round}, α = {lo_a:g} → {hi_a:g}, %: {detail}).")  # fmt: skip
+        if clean is not None and len(clean):
+            c = clean[(clean["src"] == s) & (clean["round"] >= break_round)]
+            c = c.groupby("repeat")["source_recall"].mean()
+            a_max = g["alpha"].max()
+            rows = per[(per["src"] == s) & (per["tgt"] == t) & (per["alpha"] == a_max) & (per["m"] >= 0.1 - 1e-9)]
+            losses = []
+            for m, gm in rows.groupby("m"):
+                paired = gm.set_index("repeat")["source_recall"].reindex(c.index).dropna()
+                if len(paired):
+                    losses.append((m, float((c.loc[paired.index] - paired).mean()), len(paired)))
+            if losses:
+                held = all(v > 20 for _, v, _ in losses)
+                detail = "; ".join(f"m={100 * m:g}%: {v:.1f} ({n} runs)" for m, v, n in losses)
+                out.append(f"With m ≥ 10% and α = {a_max:g} the loss in source recall exceeds 20 pp "
+                           f"({s}→{t}): {'held' if held else 'NOT held'} (loss against the clean run "
+                           f"over rounds ≥ {break_round}, pp: {detail}).")  # fmt: skip
+    change = ex.recall_change(av, break_round)
+    for (s, t), g in change.groupby(["src", "tgt"]):
+        up = g[g["delta_malicious"] > 0].sort_values("delta_malicious")
+        if len(up) >= 2:
+            v = up["mean"].to_numpy()
+            held = bool((v < 0).all() and v[-1] == v.min())
+            detail = ", ".join(f"+{int(d)}: {x:+.1f}" for d, x in zip(up["delta_malicious"], v))
+            out.append(f"A rise in malicious participants from one round to the next lowers source recall, "
+                       f"the more the larger the rise ({s}→{t}): {'held' if held else 'NOT held'} "
+                       f"(mean change of source recall, pp, by rise: {detail}; the paper: +3 or +4 "
+                       f"drop it by up to 40–60).")  # fmt: skip
     return out
 
 
@@ -216,6 +283,7 @@ def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None
     from flcore.runs.compute import plan
     from flcore.runs.export import import_runs
     from flcore.runs.runner import resolved, store_key
+    from flcore.studies.plan import configs as study_configs
     from flcore.studies.plan import feasibility_jobs, timing_jobs
     from flcore.studies.reproduce import _figures_of, _store_of, planned_configs, prepare
 
@@ -233,12 +301,23 @@ def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None
         return results.get(store_key(resolved(cfg)))
 
     d = {"out_name": out_name, "plan": plan(everything, store), "params": params, "results": results,
-         "final": None, "late": None, "timing_rounds": None, "pairs": set(), "break_round": 75}  # fmt: skip
+         "final": None, "late": None, "timing_rounds": None, "pairs": set(), "break_round": 75,
+         "availability": None, "clean_rounds": None, "availability_break": 75}  # fmt: skip
     p1 = params.get("01_feasibility")
     if p1 is not None:
         jobs = feasibility_jobs(p1)
         d["pairs"] = {tuple(x) for x in ex.pair_list(p1["pairs"])}
         d["final"] = ex.feasibility_frame([get(c) for c, _, _ in jobs], jobs, p1.get("curves", False))
+        clean = [(res, s) for c, _, _ in jobs if c.m == 0 and (res := get(c)) is not None
+                 for s in c.eval_classes or ()]  # fmt: skip
+        if clean:
+            d["clean_rounds"] = pd.concat([ex.round_frame(res, src=s) for res, s in clean], ignore_index=True)
+    p4 = params.get("04_availability")
+    if p4 is not None:
+        d["availability_break"] = p4["break_round"]
+        got = [r for r in map(get, study_configs("04_availability", p4)) if r is not None]
+        if got:
+            d["availability"] = pd.concat([ex.round_frame(r) for r in got], ignore_index=True)
     p3 = params.get("03_timing")
     if p3 is not None:
         d["break_round"] = p3["break_round"]
@@ -384,7 +463,8 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         "## The paper's findings",
         "",
     ]
-    found = findings(final, t2, late, timing_rounds, break_round)
+    found = findings(final, t2, late, timing_rounds, break_round, d["availability"], d["clean_rounds"],
+                     d["availability_break"])  # fmt: skip
     lines += [f"- {f}" for f in found] or ["- none can be judged yet: their runs are not computed."]
     lines += [
         "",
