@@ -189,3 +189,21 @@ def test_checkpoint_travels_with_the_export(tmp_path, monkeypatch):
     ex = export_runs(there, keys, folder)
     assert ex["runs"] == 2 and ex["checkpoints"] == 0  # stored now: the checkpoint is gone
     assert list((folder / "checkpoints").glob("*.pt")) == []
+
+
+def test_export_reads_a_checkpoint_header_without_loading_it_and_skips_a_damaged_one(tmp_path, monkeypatch):
+    """`_saved` maps the file (its keys and round, without reading the tensors) and answers None
+    for a cut or foreign file, which is then neither exported nor imported."""
+    from flcore.runs.export import _saved
+
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")
+    cfgs = S.expand({**TINY, "rounds": 3})
+    with pytest.raises(_Stop):
+        train_stack(cfgs, store=tmp_path, on_round=_stop_after(2))
+    (path,) = _checkpoints(tmp_path)
+    assert _saved(path) == {"keys": [store_key(c) for c in cfgs], "round": 2}
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not a checkpoint")
+    assert _saved(cut) is None and _saved(other) is None
