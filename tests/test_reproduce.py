@@ -330,3 +330,27 @@ def test_calibration_is_kept_an_hour_and_never_from_a_busy_machine(tmp_path, mon
     cp.estimate(p, tmp_path / "results", 1)  # too old: measured again
     again = json.loads(path.read_text())[key]
     assert again["train_s"] < 1.0 and again["at"] > cal["at"]
+
+
+def test_a_partial_reproduce_keeps_the_other_notebooks_runs_in_the_export(in_process, tmp_path):
+    """`reproduce --only 01` with the export on re-exports the whole profile's stored runs: a
+    notebook it does not select (here 03, whose runs 01 does not share) keeps its runs there."""
+    import shutil
+
+    params = _params(tmp_path)
+    (params / "03_timing.yaml").write_text(yaml.safe_dump(COMMON | {
+        "repeats": 2, "baseline_repeats": 2, "pairs": [["fmnist", 4, 6]], "figure_pairs": [["fmnist", 4, 6]],
+        "m": 0.1, "break_round": 2}))  # fmt: skip
+    shutil.copytree(in_process / "results", tmp_path / "results")
+    kw = dict(params_dir=params, reports_dir=tmp_path / "reports", extra=_extra(tmp_path),
+              log=lambda *a, **k: None, threads=1, max_federations=4)  # fmt: skip
+    execute("t", only=["01", "03"], export=True, **kw)
+    runs = tmp_path / "figures" / "t" / "runs" / "runs.parquet"
+    before = set(pd.read_parquet(runs)["key"])
+    _, nbs = prepare("t", ["03"], None, REPO_ROOT, params, _extra(tmp_path))
+    only_03 = {store_key(c) for c in planned_configs(nbs)["03_timing"]}
+    _, nbs = prepare("t", ["01"], None, REPO_ROOT, params, _extra(tmp_path))
+    assert only_03 - {store_key(c) for c in planned_configs(nbs)["01_feasibility"]}  # 03 has runs of its own
+    assert only_03 <= before
+    execute("t", only=["01"], export=True, **kw)
+    assert set(pd.read_parquet(runs)["key"]) == before

@@ -246,11 +246,20 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
         _print_plan(profile, per_nb, full_plan, store, threads, log, _workers(executor))
         return []
 
+    from flcore.runs.runner import resolved, store_key
+
+    # The export holds the whole profile's runs, whatever `only` selects: a partial run must
+    # not drop the other notebooks' runs from the committed export.
+    if only:
+        whole = planned_configs(prepare(profile, None, device, root, params_dir, extra)[1])
+        export_keys = list(dict.fromkeys(store_key(resolved(c)) for cs in whole.values() for c in cs))
+    else:
+        export_keys = [store_key(c) for c in full_plan.configs]
+
     def save_export(_stack=None):
         from flcore.runs.export import export_runs
-        from flcore.runs.runner import store_key
 
-        return export_runs(store, [store_key(c) for c in full_plan.configs], runs_dir)
+        return export_runs(store, export_keys, runs_dir)
 
     if export_only:
         ex = save_export()
