@@ -169,10 +169,9 @@ def table4_section(late: pd.DataFrame | None, pairs) -> str:
     return _md(pd.DataFrame(rows))
 
 
-def findings(final, t2, late, timing_rounds, break_round, availability=None, clean_rounds=None,
-             availability_break: int = 75) -> list[str]:  # fmt: skip
-    """The paper's §3 findings that the stored runs can judge, one line each. availability,
-    clean_rounds, availability_break: see `availability_findings`."""
+def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
+    """The paper's §3 findings that the stored runs can judge, one line each (notebook 04's
+    availability findings: `availability_findings`)."""
     out = []
     if t2 is not None and len(t2):
         for (s, t), g in t2.sort_values("m").groupby(["src", "tgt"]):
@@ -211,7 +210,7 @@ def findings(final, t2, late, timing_rounds, break_round, availability=None, cle
                 out.append(f"Early poisoning is forgotten, late poisoning is not ({s}→{t}): "
                            f"{'held' if gap_e < gap_l else 'NOT held'} (final-round gap after early "
                            f"poisoning {gap_e:+.1f} pp; mean gap after the break with late poisoning {gap_l:+.1f} pp).")  # fmt: skip
-    return out + availability_findings(availability, clean_rounds, availability_break)
+    return out
 
 
 def availability_findings(av, clean, break_round: int) -> list[str]:
@@ -463,8 +462,8 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         "## The paper's findings",
         "",
     ]
-    found = findings(final, t2, late, timing_rounds, break_round, d["availability"], d["clean_rounds"],
-                     d["availability_break"])  # fmt: skip
+    found = findings(final, t2, late, timing_rounds, break_round)
+    found += availability_findings(d["availability"], d["clean_rounds"], d["availability_break"])
     lines += [f"- {f}" for f in found] or ["- none can be judged yet: their runs are not computed."]
     lines += [
         "",
