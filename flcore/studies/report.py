@@ -247,14 +247,14 @@ def availability_findings(av, clean, break_round: int) -> list[str]:
                        f"{break_round}, α = {lo_a:g} → {hi_a:g}, %: {detail}).")  # fmt: skip
         if clean is not None and len(clean):
             c = clean[(clean["src"] == s) & (clean["round"] >= break_round)]
-            c = c.groupby("repeat")["source_recall"].mean()
+            c = c.groupby(["src", "repeat"], as_index=False)["source_recall"].mean()
             a_max = g["alpha"].max()
             rows = per[(per["src"] == s) & (per["tgt"] == t) & (per["alpha"] == a_max) & (per["m"] >= 0.1 - 1e-9)]
             losses = []
-            for m, gm in rows.groupby("m"):
-                paired = gm.set_index("repeat")["source_recall"].reindex(c.index).dropna()
-                if len(paired):
-                    losses.append((m, float((c.loc[paired.index] - paired).mean()), len(paired)))
+            if len(c) and len(rows):  # paired by repeat as Table 2 is (flcore.studies.experiments)
+                j = ex.paired_with_clean(rows, c, ["src"], ["source_recall"])
+                j["loss"] = j["source_recall_clean"] - j["source_recall"]
+                losses = [(m, float(gm["loss"].mean()), len(gm)) for m, gm in j.groupby("m")]
             if losses:
                 held = all(v > 20 for _, v, _ in losses)
                 detail = "; ".join(f"m={100 * m:g}%: {v:.1f} ({n} runs)" for m, v, n in losses)
