@@ -109,6 +109,20 @@ def test_availability_average_after_break():
     assert "falls" in ex.agreement_availability(t.reset_index(), ex.recall_change(df, 3))
 
 
+def test_alpha_trend_compares_smallest_and_largest_alpha_per_m():
+    df = pd.concat([_rounds([90, 90, 60, 50], [0, 0, 2, 3], alpha=0.9),
+                    _rounds([90, 90, 95, 95], [0, 0, 1, 1], alpha=0.7),
+                    _rounds([90, 90, 80, 70], [0, 0, 1, 1], alpha=0.6),
+                    _rounds([90, 90, 50, 50], [0, 0, 1, 1], alpha=0.6, m=0.1)])  # fmt: skip
+    tr = ex.alpha_trend(ex.availability_table(df, break_round=3))
+    assert len(tr) == 1  # m = 10% has one alpha: no trend to judge
+    r = tr.iloc[0]
+    assert (r["alpha_lo"], r["alpha_hi"]) == (0.6, 0.9) and r["mean_lo"] == pytest.approx(75.0)
+    assert r["mean_hi"] == pytest.approx(55.0) and r["falls"]
+    rising = ex.alpha_trend(ex.availability_table(df.assign(source_recall=100 - df["source_recall"]), 3))
+    assert not rising["falls"].any()
+
+
 def test_compare_tables_align_with_paper(final):
     c2 = ex.compare_table2(ex.table2(final))
     row = c2[c2["setting"] == "m=10%"].iloc[0]

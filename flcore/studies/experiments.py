@@ -709,10 +709,30 @@ def availability_per_repeat(rounds: pd.DataFrame, break_round: int) -> pd.DataFr
 
 def availability_table(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
     """Fig 5's numbers: mean/std/runs over repeats of `availability_per_repeat`."""
-    per = availability_per_repeat(rounds, break_round)
+    return availability_summary(availability_per_repeat(rounds, break_round))
+
+
+def availability_summary(per: pd.DataFrame) -> pd.DataFrame:
+    """`availability_table` from `availability_per_repeat`'s rows (for a caller that has them)."""
     t = mean_std(per, ["dataset", "src", "tgt", "m", "alpha"], "source_recall")
     t.insert(3, "setting", [setting_label(m, "availability", a) for m, a in zip(t["m"], t["alpha"])])
     return t
+
+
+def alpha_trend(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, src, tgt, m) of `availability_table` with at least two values of α: the
+    smallest and largest α (alpha_lo, alpha_hi), the mean source recall at each (mean_lo,
+    mean_hi) and whether it falls from the one to the other (`falls`)."""
+    rows = []
+    for (d, s, t, m), g in table.groupby(["dataset", "src", "tgt", "m"], sort=True):
+        if len(g) < 2:
+            continue
+        g = g.sort_values("alpha")
+        lo, hi = g.iloc[0], g.iloc[-1]
+        rows.append({"dataset": d, "src": s, "tgt": t, "m": m, "alpha_lo": lo["alpha"], "mean_lo": lo["mean"],
+                     "alpha_hi": hi["alpha"], "mean_hi": hi["mean"], "falls": bool(hi["mean"] < lo["mean"])})  # fmt: skip
+    cols = ["dataset", "src", "tgt", "m", "alpha_lo", "mean_lo", "alpha_hi", "mean_hi", "falls"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def recall_change(rounds: pd.DataFrame, break_round: int) -> pd.DataFrame:
@@ -965,13 +985,10 @@ def agreement_timing(summary: pd.DataFrame) -> str:
 
 def agreement_availability(table: pd.DataFrame, change: pd.DataFrame) -> str:
     out = []
-    for (d, s, t, m), g in table.groupby(["dataset", "src", "tgt", "m"], sort=True):
-        g = g.sort_values("alpha")
-        v = g["mean"].to_numpy()
-        trend = "falls" if v[-1] < v[0] else "does NOT fall"
-        out.append(f"{_pair(d, s, t)} m={100 * m:g}%: source recall after the break {trend} "
-                   f"from {v[0]:.1f}% (α={g['alpha'].iloc[0]:g}) to {v[-1]:.1f}% "
-                   f"(α={g['alpha'].iloc[-1]:g}).")  # fmt: skip
+    for r in alpha_trend(table).itertuples():
+        out.append(f"{_pair(r.dataset, r.src, r.tgt)} m={100 * r.m:g}%: source recall after the break "
+                   f"{'falls' if r.falls else 'does NOT fall'} from {r.mean_lo:.1f}% (α={r.alpha_lo:g}) "
+                   f"to {r.mean_hi:.1f}% (α={r.alpha_hi:g}).")  # fmt: skip
     for (d, s, t), g in change.groupby(["dataset", "src", "tgt"], sort=True):
         up, down = g[g["delta_malicious"] > 0], g[g["delta_malicious"] < 0]
         if len(up) and len(down):

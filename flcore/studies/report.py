@@ -229,22 +229,18 @@ def availability_findings(av, clean, break_round: int) -> list[str]:
         return []
     out = []
     per = ex.availability_per_repeat(av, break_round)
-    table = ex.availability_table(av, break_round)
+    table = ex.availability_summary(per)
+    trend = ex.alpha_trend(table)
     for (s, t), g in table.groupby(["src", "tgt"]):
-        cells = []
-        for m, gm in g.groupby("m"):
-            gm = gm.sort_values("alpha")
-            if len(gm) >= 2:
-                lo, hi = gm.iloc[0], gm.iloc[-1]
-                cells.append((m, lo, hi, hi["mean"] < lo["mean"]))
-        if cells:
-            n_held = sum(c[3] for c in cells)
+        cells = trend[(trend["src"] == s) & (trend["tgt"] == t)]
+        if len(cells):
+            n_held = int(cells["falls"].sum())
             verdict = "held" if n_held == len(cells) else "NOT held" if n_held == 0 else "partly held"
-            lo_a, hi_a = cells[0][1]["alpha"], cells[0][2]["alpha"]
-            detail = "; ".join(f"m={100 * m:g}%: {lo['mean']:.1f} → {hi['mean']:.1f}" for m, lo, hi, _ in cells)
+            detail = "; ".join(f"m={100 * r.m:g}%: {r.mean_lo:.1f} → {r.mean_hi:.1f}" for r in cells.itertuples())
             out.append(f"Source recall after the break falls as availability grows ({s}→{t}): {verdict}, "
                        f"at {n_held} of {len(cells)} values of m (mean source recall over rounds ≥ "
-                       f"{break_round}, α = {lo_a:g} → {hi_a:g}, %: {detail}).")  # fmt: skip
+                       f"{break_round}, α = {cells['alpha_lo'].iloc[0]:g} → {cells['alpha_hi'].iloc[0]:g}, "
+                       f"%: {detail}).")  # fmt: skip
         if clean is not None and len(clean):
             c = clean[(clean["src"] == s) & (clean["round"] >= break_round)]
             c = c.groupby(["src", "repeat"], as_index=False)["source_recall"].mean()
