@@ -156,18 +156,29 @@ def prepare(profile: str, only: list[str] | None = None, device: str | None = No
     nbs = notebooks(root)
     if profile not in PROFILES:  # an extra profile runs the notebooks it has parameters for
         nbs = [p for p in nbs if (params_dir / f"{p.stem}.yaml").exists()]
-    if only:
-        unknown = [o for o in only if not any(p.name.startswith(o) for p in nbs)]
-        if unknown:
-            raise ParameterError(f"--only {','.join(unknown)}: no such notebook (have: "
-                                 f"{', '.join(p.name.split('_')[0] for p in nbs)})")  # fmt: skip
-        nbs = [p for p in nbs if any(p.name.startswith(o) for o in only)]
+    _selected(nbs, only)  # an unknown notebook fails before any parameter file is read
     plan = []
     for nb in nbs:
         y = params_dir / f"{nb.stem}.yaml"
         given = load_parameters(y, nb, device=device, **{**(extra or {}), "profile": out_name})
         plan.append((nb, given, notebook_parameters(nb) | given))
-    return out_name, plan
+    return out_name, select(plan, only)
+
+
+def _selected(nbs: list[Path], only: list[str] | None) -> list[Path]:
+    if not only:
+        return nbs
+    unknown = [o for o in only if not any(p.name.startswith(o) for p in nbs)]
+    if unknown:
+        raise ParameterError(f"--only {','.join(unknown)}: no such notebook (have: "
+                             f"{', '.join(p.name.split('_')[0] for p in nbs)})")  # fmt: skip
+    return [p for p in nbs if any(p.name.startswith(o) for o in only)]
+
+
+def select(plan, only: list[str] | None):
+    """The entries of `prepare`'s plan whose notebooks `only` names (all of them without it)."""
+    keep = set(_selected([nb for nb, _, _ in plan], only))
+    return [e for e in plan if e[0] in keep]
 
 
 def planned_configs(plan) -> dict[str, list]:
@@ -222,7 +233,8 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     """
     params_dir = params_dir or root / "params" / profile
     settings = profile_settings(profile, params_dir)
-    out_name, plan = prepare(profile, only, device, root, params_dir, extra)
+    out_name, whole = prepare(profile, None, device, root, params_dir, extra)
+    plan = select(whole, only)
     export = settings.get("export", False) if export is None else export
     max_federations = max_federations or settings.get("max_federations")
     threads = threads or settings.get("threads")
@@ -251,8 +263,7 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
     # The export holds the whole profile's runs, whatever `only` selects: a partial run must
     # not drop the other notebooks' runs from the committed export.
     if only:
-        whole = planned_configs(prepare(profile, None, device, root, params_dir, extra)[1])
-        export_keys = list(dict.fromkeys(store_key(resolved(c)) for cs in whole.values() for c in cs))
+        export_keys = list(dict.fromkeys(store_key(resolved(c)) for cs in planned_configs(whole).values() for c in cs))
     else:
         export_keys = [store_key(c) for c in full_plan.configs]
 
