@@ -99,8 +99,9 @@ class Checkpoint:
         self.wall_before, self.resumed_at = float(state["wall_s"]), int(state["round"])
         return state
 
-    def due(self, rnd: int) -> bool:
-        """Whether to save after round `rnd`: `every` seconds have passed since the last save."""
+    def due(self) -> bool:
+        """Whether to save after the round just trained: `every` seconds have passed since the
+        last save (the engine never asks after the last round: its results are stored then)."""
         return time.perf_counter() - self.last >= self.every
 
     def save(self, state: dict) -> None:

@@ -84,7 +84,7 @@ def simulate(cfg: Config, plan: Plan, progress=None, feds=None, checkpoint=None)
     and `aggregation` (the `Aggregation`, for per-config excluded frames).
 
     checkpoint: the fast engine only; an object with `load(device)` (the state saved by an earlier,
-    killed training of the same federations, or None), `due(rnd)` and `save(state)`
+    killed training of the same federations, or None), `due()` and `save(state)`
     (flcore.runs.checkpoint). The engine resumes after the saved round and saves its state
     after each round the checkpoint says is due; every random draw is keyed by the round, so
     a resumed training gives the numbers of one that was never stopped."""
@@ -609,7 +609,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                     stamped = _TestImages(xt, dtype, mean_1, std_1, attack.stamp)
                     asr[:, e] = attack_success_rate(yt, _evaluate(spec, glob, stamped, R, H * W, device, precision), tgt_f)
                 e += 1
-        if checkpoint is not None and r < T and checkpoint.due(r):
+        if checkpoint is not None and r < T and checkpoint.due():
             checkpoint.save(dict(round=r, e=e, glob=glob, momentum=momentum, confusion=confusion,
                                  losses=losses, diverged_at=diverged_at, updates=updates, asr=asr,
                                  aggregation=aggregate.state_dict()))  # fmt: skip
