@@ -15,7 +15,13 @@ import torch
 from test_sweep import TINY, assert_same_entry, env, needs_fmnist
 
 import flcore.runs.sweep as S
-from flcore.runs.checkpoint import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoint, every_s
+from flcore.runs.checkpoint import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_ENV,
+    Checkpoint,
+    checkpoint_files,
+    every_s,
+)
 from flcore.runs.runner import store_key, train_stack
 from flcore.runs.store import Store
 
@@ -49,7 +55,7 @@ def _stop_after(rnd: int):
 
 
 def _checkpoints(store: Path) -> list[Path]:
-    return sorted((store / CHECKPOINT_DIR).glob("*.pt")) if (store / CHECKPOINT_DIR).exists() else []
+    return checkpoint_files(store / CHECKPOINT_DIR)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -176,7 +182,12 @@ def test_checkpoint_travels_with_the_export(tmp_path, monkeypatch):
     here, there, folder = tmp_path / "here", tmp_path / "there", tmp_path / "runs"
     with pytest.raises(_Stop):
         train_stack(cfgs, store=here, on_round=_stop_after(2))
+    (real,) = checkpoint_files(here / CHECKPOINT_DIR)
+    cut = real.with_name(f".tmp-{real.stem}-99.pt")  # a save a kill stopped before its rename
+    cut.write_bytes(real.read_bytes())
+    assert checkpoint_files(here / CHECKPOINT_DIR) == [real]
     assert export_runs(here, keys, folder)["checkpoints"] == 1
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == [real.name]
     assert export_runs(here, keys[:1], tmp_path / "other")["checkpoints"] == 0  # not of that plan
     assert import_runs(folder, there)["checkpoints"] == 1
     seen: list[int] = []

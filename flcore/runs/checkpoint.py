@@ -33,8 +33,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-
 CHECKPOINT_DIR = "_checkpoints"
 CHECKPOINT_EVERY_S = 300.0
 CHECKPOINT_ENV = "FLCORE_CHECKPOINT_S"
@@ -53,6 +51,13 @@ def every_s() -> float:
         raise ValueError(f"{CHECKPOINT_ENV}={raw!r}: give the seconds between two checkpoints as a "
                          f"number >= 0 (0: after every round), or unset it for {CHECKPOINT_EVERY_S:g}")  # fmt: skip
     return value
+
+
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoints in `folder` (`<stack id>.pt`), sorted; not the temporary file of a save
+    that a kill cut short."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob("*.pt") if not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def stack_id(keys: list[str]) -> str:
@@ -83,6 +88,8 @@ class Checkpoint:
                 pass
         if not self.path.exists():
             return None
+        import torch
+
         try:
             state = torch.load(self.path, map_location=device, weights_only=False)
             if state.get("keys") != self.keys:
@@ -106,6 +113,8 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         """Write `state` (the engine's) atomically: a temporary file, fsync, rename."""
+        import torch
+
         now = time.perf_counter()
         state = dict(state, keys=self.keys, wall_s=self.wall_before + now - self.started)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ import pandas as pd
 
 from flcore import __version__
 from flcore.config import Config
+from flcore.runs.checkpoint import checkpoint_files
 
 __all__ = ["export_runs", "import_runs"]
 
@@ -88,7 +89,7 @@ def export_runs(store, keys, folder) -> dict:
     _write(runs_df, folder / RUNS_FILE)  # last: it lists what the other files hold
     n_ckpt = _export_checkpoints(st, set(keys), {r["key"] for r in runs}, folder / CHECKPOINTS)
     size = sum(p.stat().st_size for p in folder.glob("*.parquet"))
-    size += sum(p.stat().st_size for p in (folder / CHECKPOINTS).glob("*.pt"))
+    size += sum(p.stat().st_size for p in checkpoint_files(folder / CHECKPOINTS))
     return {"runs": len(runs), "checkpoints": n_ckpt, "bytes": size, "folder": str(folder)}
 
 
@@ -119,13 +120,13 @@ def _export_checkpoints(st, keys: set, stored: set, dest: Path) -> int:
     from flcore.runs.checkpoint import CHECKPOINT_DIR
 
     keep = {}
-    for p in sorted((st.path / CHECKPOINT_DIR).glob("*.pt")):
+    for p in checkpoint_files(st.path / CHECKPOINT_DIR):
         info = _saved(p)
         if info is not None and set(info["keys"]) <= keys and not set(info["keys"]) <= stored:
             keep[p.name] = p
     for name, p in keep.items():
         _copy(p, dest / name)
-    for p in dest.glob("*.pt") if dest.exists() else ():
+    for p in checkpoint_files(dest):
         if p.name not in keep:
             p.unlink()
     return len(keep)
@@ -182,7 +183,7 @@ def _import_checkpoints(src: Path, st) -> int:
     from flcore.runs.checkpoint import CHECKPOINT_DIR
 
     n = 0
-    for p in sorted(src.glob("*.pt")) if src.exists() else ():
+    for p in checkpoint_files(src):
         theirs = _saved(p)
         if theirs is None or all(st.has(k) for k in theirs["keys"]):
             continue
