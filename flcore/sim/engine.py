@@ -66,6 +66,7 @@ from flcore.sim.models import (
     last_linear_weight_name,
     stack_states,
     stacked_forward,
+    training_layout,
 )
 from flcore.sim.plan import (
     AttackDraws,
@@ -514,6 +515,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
             state = {kk: torch.cat([v, glob[kk]]) for kk, v in state.items()}  # [M, ...]
         if twin is not None:  # each twin starts where its participant starts
             state = {kk: torch.cat([v, v[twin]]) for kk, v in state.items()}
+        state = training_layout(state)
         params = [state[kk].requires_grad_() for kk in param_keys]
         mom = cfg.momentum
         if persistent:
@@ -576,6 +578,7 @@ def _run_fast(cfg: Config, plan: Plan, device: str, precision: str, progress, fe
                     state[kk].copy_(torch.where(a, state[kk], saved[kk]))
         for p in params:
             p.requires_grad_(False)
+        state = {kk: v.contiguous() for kk, v in state.items()}  # aggregation as ever, on contiguous tensors
         if persistent:  # each participant's optimizer state, kept for its next selection
             for m, b in zip(momentum, bufs):
                 m[fed_of, pid] = b

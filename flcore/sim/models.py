@@ -84,6 +84,16 @@ def stack_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return {k: torch.stack([s[k] for s in states]) for k in states[0]}
 
 
+def training_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with every stacked convolution weight `[G, Cout, Cin, kh, kw]` stored input
+    channel fastest, so that `stacked_forward`'s grouped weight `[G*Cout, Cin, kh, kw]` is a
+    channels_last view: the convolution (and autocast's bf16 copy, which keeps the strides)
+    then takes it as it is, instead of reordering it at every step and its gradient back.
+    Same values, same numbers (oneDNN receives the same weights in the layout it wants)."""
+    return {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if v.dim() == 5 else v
+            for k, v in state.items()}  # fmt: skip
+
+
 def stacked_forward(
     spec: Sequence[Layer],
     state: dict[str, torch.Tensor],
