@@ -5,9 +5,9 @@ comes back from the kernel page fault by page fault (benchmarks/page_faults.py).
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -53,7 +53,10 @@ def test_a_task_keeps_freed_memory_under_dasks_trim_threshold():
     assert faults["1"] < faults["0"] / 4, faults
 
 
-def test_keep_freed_memory_is_idempotent():
+def test_keep_freed_memory_is_set_once_and_on_glibc():
     first = keep_freed_memory()
     assert keep_freed_memory() is first
-    assert threading.current_thread() is threading.main_thread()
+    # on glibc both mallopt calls must succeed; a False here would also have skipped the test
+    # above silently, so this is the one that notices
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert first is True
