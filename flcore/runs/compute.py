@@ -112,7 +112,10 @@ def plan(configs, store="results", max_federations: int | None = None) -> Plan:
 def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | None = None,
               progress=None) -> list[str]:  # fmt: skip
     """Train one stack whole and store the members the store lacks; returns the store keys.
-    The Dask task: it takes plain values only, so it pickles anywhere.
+    A stack whose members are all stored trains nothing: Dask reruns a finished task whose
+    worker it lost (a worker restarted, killed, or frozen past its heartbeat), and that rerun
+    must not train the stack again. The Dask task: it takes plain values only, so it pickles
+    anywhere.
 
     progress: None; a callable, called after each round with the fraction of the stack done; or
     (topic, stack): on a Dask worker, each round is logged as the event {"stack": stack,
@@ -121,6 +124,12 @@ def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | 
 
     from flcore.runs.runner import run, train_stack
 
+    from flcore.runs.store import Store
+
+    keys = [store_key(Config.from_dict(d)) for d in cfg_dicts]
+    st = Store(store)
+    if all(st.has(k) for k in keys):
+        return keys
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -131,7 +140,7 @@ def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | 
             run(cfgs[0], store=store, data_root=data_root, progress=False)
         else:
             train_stack(cfgs, store=store, data_root=data_root, on_round=on_round)
-        return [store_key(c) for c in cfgs]
+        return keys
     finally:
         torch.set_num_threads(before)
 
@@ -268,6 +277,10 @@ def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retri
                                f"{store}: compute again to resume.")  # fmt: skip
                 raise
             credit.set(fut.key, 1.0)
+            # its result is in the store: holding the future would make Dask recompute the
+            # stack if the worker that ran it is lost later in this wave
+            futures.remove(fut)
+            fut.release()
             if on_stack is not None:
                 on_stack(stack)
     finally:
