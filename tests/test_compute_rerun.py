@@ -2,8 +2,9 @@
 
 Dask reruns a finished task whose worker it loses while the client still holds its future (a
 worker restarted after missing its heartbeats, say after the compute was paused with SIGSTOP);
-`run_stack` then finds every member stored and returns, and `compute` releases each future as
-soon as its stack is stored."""
+`run_stack` then finds every member stored and returns. (`compute` also releases each future as
+soon as its stack is stored, so that Dask does not schedule the rerun at all; that half is not
+pinned here: it would need a worker lost between a stack's end and the wave's.)"""
 
 from __future__ import annotations
 

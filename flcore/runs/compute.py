@@ -123,10 +123,10 @@ def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | 
     import torch
 
     from flcore.runs.runner import run, train_stack
-
     from flcore.runs.store import Store
 
-    keys = [store_key(Config.from_dict(d)) for d in cfg_dicts]
+    cfgs = [Config.from_dict(d) for d in cfg_dicts]
+    keys = [store_key(c) for c in cfgs]
     st = Store(store)
     if all(st.has(k) for k in keys):
         return keys
@@ -134,7 +134,6 @@ def run_stack(cfg_dicts: list[dict], store: str, data_root=None, threads: int | 
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        cfgs = [Config.from_dict(d) for d in cfg_dicts]
         on_round = _round_reporter(progress, cfgs[0].rounds)
         if len(cfgs) == 1 and cfgs[0].engine != "fast":
             run(cfgs[0], store=store, data_root=data_root, progress=False)
