@@ -1,6 +1,7 @@
 """The fast engine on a GPU: equal to the reference, and how fast at the paper's setting.
 
     python benchmarks/cuda_check.py [--device cuda] [--datasets fmnist,cifar10] [--rounds 2]
+        [--max-federations 7680] [--budget-s 0]
 
 1. Equality: the fast (stacked) engine against the sequential reference engine in fp64 on
    the device, on a small real configuration per dataset (2 repeats, a 10% label flip, 2
@@ -9,8 +10,10 @@
 2. Speed: seconds per experiment-round (one federation x one round) of the paper's setting
    (full data, N = 50, k = 5, the paper's batch size, precision "auto", every repeat
    evaluated on the whole test set every round) for 1, 30 and the largest number of stacked
-   federations that fits in memory (doubling from 30 until the device runs out of memory),
-   with the peak GPU memory of each. Prints `RESULT ...` lines.
+   federations that fits in memory (doubling from 30 until the device runs out of memory, or
+   `--max-federations`, or the time budget `--budget-s` stops it), with the peak GPU memory
+   of each. Prints `RESULT ...` lines, and an `ESTIMATE` of how many federations 90% of the
+   GPU's memory holds, linear in the last two peaks (an extrapolation, not a measurement).
 
 On a CPU (`--device cpu`) it runs too, as a check of the script itself; the speed part is
 then `benchmarks/engine_speed.py`'s business, so it stops after the equality check unless
@@ -64,9 +67,15 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--datasets", default="fmnist,cifar10")
     p.add_argument("--rounds", type=int, default=2, help="timed rounds per measurement")
-    p.add_argument("--max-federations", type=int, default=480, help="stop doubling here")
+    p.add_argument("--max-federations", type=int, default=7680, help="stop doubling here")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="seconds for the whole script (0: none); the doubling stops before a "
+                        "measurement predicted to overrun a dataset's share of what is left")  # fmt: skip
     p.add_argument("--speed", action="store_true", help="time on a CPU too")
     a = p.parse_args()
+    if a.rounds < 1 or a.max_federations < 1 or a.budget_s < 0:
+        raise SystemExit(f"error: --rounds {a.rounds}, --max-federations {a.max_federations} and "
+                         f"--budget-s {a.budget_s} must be positive (budget 0 = none)")  # fmt: skip
 
     import torch
 
@@ -76,20 +85,39 @@ def main() -> None:
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda: no CUDA device here (torch.cuda.is_available() is "
                          "False); run it on a GPU machine, or --device cpu to check the script")  # fmt: skip
+    t_start = time.perf_counter()
     name = torch.cuda.get_device_name() if a.device == "cuda" else cpu_name()
-    print(f"# device {a.device}: {name}; torch {torch.__version__}")
-    for ds in a.datasets.split(","):
+    total_mb = (torch.cuda.get_device_properties(0).total_memory / 2**20 if a.device == "cuda"
+                else float("nan"))  # fmt: skip
+    print(f"# device {a.device}: {name}; torch {torch.__version__}; memory {total_mb:.0f} MiB")
+    datasets = a.datasets.split(",")
+    for i, ds in enumerate(datasets):
+        t = time.perf_counter()
         eq = equality(ds, a.device)
         print(f"EQUAL dataset={ds} device={a.device} fp64 max_loss_diff={eq['max_loss_diff']:.3g} "
-              f"confusion_equal={eq['confusion_equal']}", flush=True)  # fmt: skip
+              f"confusion_equal={eq['confusion_equal']} check_s={time.perf_counter() - t:.1f}",
+              flush=True)  # fmt: skip
         if a.device == "cpu" and not a.speed:
             continue
         data = load_dataset(ds, progress=False)
+        # this dataset's share of the time left (the datasets after it get theirs)
+        deadline = (float("inf") if not a.budget_s else
+                    time.perf_counter() + (a.budget_s - (time.perf_counter() - t_start))
+                    / (len(datasets) - i))  # fmt: skip
         sizes, G = [1, 30], 60
         while G <= a.max_federations:
             sizes.append(G)
             G *= 2
+        done: list[tuple[int, dict]] = []
         for G in sizes:
+            # a warm-up round and the timed rounds, each at least as dear as the last size's
+            if done:
+                g0, r0 = done[-1]
+                predicted = r0["s_per_exp_round"] * g0 * (1 + a.rounds) * max(1.0, G / g0)
+                if time.perf_counter() + predicted > deadline:
+                    print(f"# {ds}: {G} federations not tried: predicted {predicted:.0f} s, beyond "
+                          f"the time budget (--budget-s {a.budget_s:g})", flush=True)  # fmt: skip
+                    break
             try:
                 r = speed(ds, a.device, G, a.rounds, data)
             except (torch.cuda.OutOfMemoryError, MemoryError):
@@ -97,8 +125,19 @@ def main() -> None:
                 if a.device == "cuda":
                     torch.cuda.empty_cache()
                 break
+            done.append((G, r))
             print(f"RESULT dataset={ds} device={a.device} gpu={name.replace(' ', '_')} federations={G} "
-                  f"s_per_exp_round={r['s_per_exp_round']:.4f} peak_gpu_mb={r['peak_mb']:.0f}", flush=True)  # fmt: skip
+                  f"s_per_exp_round={r['s_per_exp_round']:.5f} s_per_round={r['s_per_exp_round'] * G:.3f} "
+                  f"peak_gpu_mb={r['peak_mb']:.0f}", flush=True)  # fmt: skip
+        if a.device == "cuda" and len(done) >= 2:
+            (g1, r1), (g2, r2) = done[-2], done[-1]
+            per = (r2["peak_mb"] - r1["peak_mb"]) / (g2 - g1)
+            if per > 0:
+                fit = int((0.9 * total_mb - (r2["peak_mb"] - per * g2)) / per)
+                print(f"ESTIMATE dataset={ds} gpu_mb_per_federation={per:.2f} "
+                      f"federations_in_90pct_of_memory={fit} (linear in the last two peaks; "
+                      f"largest measured {g2})", flush=True)  # fmt: skip
+    print(f"# total {time.perf_counter() - t_start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
