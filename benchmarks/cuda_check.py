@@ -1,7 +1,8 @@
 """The fast engine on a GPU: equal to the reference, and how fast at the paper's setting.
 
     python benchmarks/cuda_check.py [--device cuda] [--datasets fmnist,cifar10] [--rounds 2]
-        [--max-federations 7680] [--budget-s 0]
+        [--max-federations 7680] [--budget-s 0] [--precision auto] [--sizes 30,240]
+        [--no-equality] [--kernels 15]
 
 1. Equality: the fast (stacked) engine against the sequential reference engine in fp64 on
    the device, on a small real configuration per dataset (2 repeats, a 10% label flip, 2
@@ -42,14 +43,25 @@ def equality(dataset: str, device: str) -> dict:
             "confusion_equal": bool(np.array_equal(fast.confusion, ref.confusion))}  # fmt: skip
 
 
-def speed(dataset: str, device: str, G: int, rounds: int, data) -> dict:
+def speed(dataset: str, device: str, G: int, rounds: int, data, precision: str = "auto",
+          kernels: int = 0) -> dict:  # fmt: skip
     import torch
 
     from flcore import Config
     from flcore.runs.runner import run
 
-    cfg = Config(dataset=dataset, m=0.1, rounds=rounds, repeats=G, device=device)
-    run(cfg.replace(rounds=1), store=None, data=data, progress=False)  # warm-up
+    cfg = Config(dataset=dataset, m=0.1, rounds=rounds, repeats=G, device=device,
+                 precision=precision)  # fmt: skip
+    if kernels and device == "cuda":  # the warm-up round, profiled: where a round's GPU time goes
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run(cfg.replace(rounds=1), store=None, data=data, progress=False)
+            torch.cuda.synchronize()
+        print(f"# profile {dataset} federations={G} precision={precision}: one round (warm-up)")
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=kernels))
+    else:
+        run(cfg.replace(rounds=1), store=None, data=data, progress=False)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -59,7 +71,10 @@ def speed(dataset: str, device: str, G: int, rounds: int, data) -> dict:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-    return {"s_per_exp_round": dt / (rounds * G), "peak_mb": peak}
+    from flcore.sim.device import resolve_precision
+
+    return {"s_per_exp_round": dt / (rounds * G), "peak_mb": peak,
+            "precision": resolve_precision(precision, device)}  # fmt: skip
 
 
 def main() -> None:
@@ -72,6 +87,13 @@ def main() -> None:
                    help="seconds for the whole script (0: none); the doubling stops before a "
                         "measurement predicted to overrun a dataset's share of what is left")  # fmt: skip
     p.add_argument("--speed", action="store_true", help="time on a CPU too")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the speed part's precision (auto: bf16 where the GPU has it)")  # fmt: skip
+    p.add_argument("--sizes", default="",
+                   help="comma-separated federation counts to time instead of 1, 30 and doubling")  # fmt: skip
+    p.add_argument("--no-equality", action="store_true", help="skip the fp64 equality check")
+    p.add_argument("--kernels", type=int, default=0,
+                   help="profile the first size's warm-up round and print its N dearest kernels")  # fmt: skip
     a = p.parse_args()
     if a.rounds < 1 or a.max_federations < 1 or a.budget_s < 0:
         raise SystemExit(f"error: --rounds {a.rounds}, --max-federations {a.max_federations} and "
@@ -91,12 +113,21 @@ def main() -> None:
                 else float("nan"))  # fmt: skip
     print(f"# device {a.device}: {name}; torch {torch.__version__}; memory {total_mb:.0f} MiB")
     datasets = a.datasets.split(",")
+    try:
+        fixed = [int(x) for x in a.sizes.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(
+            f"error: --sizes {a.sizes!r}: give federation counts, e.g. 30,240"
+        ) from None
+    if any(g < 1 for g in fixed):
+        raise SystemExit(f"error: --sizes {a.sizes!r}: every federation count must be at least 1")
     for i, ds in enumerate(datasets):
         t = time.perf_counter()
-        eq = equality(ds, a.device)
-        print(f"EQUAL dataset={ds} device={a.device} fp64 max_loss_diff={eq['max_loss_diff']:.3g} "
-              f"confusion_equal={eq['confusion_equal']} check_s={time.perf_counter() - t:.1f}",
-              flush=True)  # fmt: skip
+        if not a.no_equality:
+            eq = equality(ds, a.device)
+            print(f"EQUAL dataset={ds} device={a.device} fp64 max_loss_diff={eq['max_loss_diff']:.3g} "
+                  f"confusion_equal={eq['confusion_equal']} check_s={time.perf_counter() - t:.1f}",
+                  flush=True)  # fmt: skip
         if a.device == "cpu" and not a.speed:
             continue
         data = load_dataset(ds, progress=False)
@@ -108,6 +139,7 @@ def main() -> None:
         while G <= a.max_federations:
             sizes.append(G)
             G *= 2
+        sizes = fixed or sizes
         done: list[tuple[int, dict]] = []
         for G in sizes:
             # a warm-up round and the timed rounds, each at least as dear as the last size's
@@ -119,7 +151,9 @@ def main() -> None:
                           f"the time budget (--budget-s {a.budget_s:g})", flush=True)  # fmt: skip
                     break
             try:
-                r = speed(ds, a.device, G, a.rounds, data)
+                r = speed(
+                    ds, a.device, G, a.rounds, data, a.precision, a.kernels if not done else 0
+                )
             except (torch.cuda.OutOfMemoryError, MemoryError):
                 print(f"# {ds}: {G} federations do not fit", flush=True)
                 if a.device == "cuda":
@@ -127,6 +161,7 @@ def main() -> None:
                 break
             done.append((G, r))
             print(f"RESULT dataset={ds} device={a.device} gpu={name.replace(' ', '_')} federations={G} "
+                  f"precision={r['precision']} "
                   f"s_per_exp_round={r['s_per_exp_round']:.5f} s_per_round={r['s_per_exp_round'] * G:.3f} "
                   f"peak_gpu_mb={r['peak_mb']:.0f}", flush=True)  # fmt: skip
         if a.device == "cuda" and len(done) >= 2:
