@@ -2,7 +2,7 @@
 
     python benchmarks/cuda_check.py [--device cuda] [--datasets fmnist,cifar10] [--rounds 2]
         [--max-federations 7680] [--budget-s 0] [--precision auto] [--sizes 30,240]
-        [--no-equality] [--kernels 15]
+        [--no-equality]
 
 1. Equality: the fast (stacked) engine against the sequential reference engine in fp64 on
    the device, on a small real configuration per dataset (2 repeats, a 10% label flip, 2
@@ -43,8 +43,7 @@ def equality(dataset: str, device: str) -> dict:
             "confusion_equal": bool(np.array_equal(fast.confusion, ref.confusion))}  # fmt: skip
 
 
-def speed(dataset: str, device: str, G: int, rounds: int, data, precision: str = "auto",
-          kernels: int = 0) -> dict:  # fmt: skip
+def speed(dataset: str, device: str, G: int, rounds: int, data, precision: str = "auto") -> dict:
     import torch
 
     from flcore import Config
@@ -52,16 +51,7 @@ def speed(dataset: str, device: str, G: int, rounds: int, data, precision: str =
 
     cfg = Config(dataset=dataset, m=0.1, rounds=rounds, repeats=G, device=device,
                  precision=precision)  # fmt: skip
-    if kernels and device == "cuda":  # the warm-up round, profiled: where a round's GPU time goes
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            run(cfg.replace(rounds=1), store=None, data=data, progress=False)
-            torch.cuda.synchronize()
-        print(f"# profile {dataset} federations={G} precision={precision}: one round (warm-up)")
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=kernels))
-    else:
-        run(cfg.replace(rounds=1), store=None, data=data, progress=False)  # warm-up
+    run(cfg.replace(rounds=1), store=None, data=data, progress=False)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -92,8 +82,6 @@ def main() -> None:
     p.add_argument("--sizes", default="",
                    help="comma-separated federation counts to time instead of 1, 30 and doubling")  # fmt: skip
     p.add_argument("--no-equality", action="store_true", help="skip the fp64 equality check")
-    p.add_argument("--kernels", type=int, default=0,
-                   help="profile the first size's warm-up round and print its N dearest kernels")  # fmt: skip
     a = p.parse_args()
     if a.rounds < 1 or a.max_federations < 1 or a.budget_s < 0:
         raise SystemExit(f"error: --rounds {a.rounds}, --max-federations {a.max_federations} and "
@@ -151,9 +139,7 @@ def main() -> None:
                           f"the time budget (--budget-s {a.budget_s:g})", flush=True)  # fmt: skip
                     break
             try:
-                r = speed(
-                    ds, a.device, G, a.rounds, data, a.precision, a.kernels if not done else 0
-                )
+                r = speed(ds, a.device, G, a.rounds, data, a.precision)
             except (torch.cuda.OutOfMemoryError, MemoryError):
                 print(f"# {ds}: {G} federations do not fit", flush=True)
                 if a.device == "cuda":
