@@ -42,3 +42,11 @@ def test_cuda_without_a_gpu_says_how_to_check_the_script():
     r = _run("--device", "cuda")
     assert r.returncode != 0
     assert "no CUDA device here" in r.stderr and "--device cpu" in r.stderr
+
+
+def test_determinism_check_refuses_bad_arguments_before_any_work():
+    script = SCRIPT.with_name("cuda_determinism.py")
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--precisions", "fp16"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode != 0 and "DETERMINISM" not in r.stdout
+    assert "--precisions 'fp16'" in r.stderr and "auto, fp32, bf16, fp64" in r.stderr
