@@ -206,6 +206,9 @@ def test_report_is_written_from_the_stored_runs(in_process, tmp_path):
         assert f"| {r.mean:.1f} |" in line and f"| {r.runs} |" in line, line
     assert not any(k.startswith("1→3") for k in rows)  # a pair the profile does not plan
     assert "configurations computed: **" in text and "## The paper's findings" in text
+    # the tiny profile is wholly stored: the report says so instead of calling anything pending
+    assert "all stored: `python -m flcore reproduce --profile t` re-renders" in text
+    assert "the rest is pending" not in text
 
 
 def test_client_state_profile_plans_the_same_cells_persistent():

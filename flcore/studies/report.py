@@ -405,8 +405,12 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         "intervals of the mean over repeats; the paper reports no spread for its tables.",
         "",
         f"- configurations computed: **{len(p.stored)} of {len(p.configs)}** "
-        f"({done_rounds} of {p.total_rounds} experiment-rounds); the rest is pending, and "
-        f"`python -m flcore reproduce --profile {profile}` continues from here.",
+        f"({done_rounds} of {p.total_rounds} experiment-rounds); "
+        + (f"all stored: `python -m flcore reproduce --profile {profile}` re-renders every figure "
+           "and table without training."
+           if len(p.stored) == len(p.configs) else
+           f"the rest is pending, and `python -m flcore reproduce --profile {profile}` continues "
+           "from here."),
         f"- computed on: {', '.join(cpus) if cpus else 'nothing yet'}; summed wall time of the stored "
         f"runs {wall / 3600:.1f} h (each stack's wall time shared by its configurations).",
         f"- repeats: {p1['repeats'] if p1 else '–'} per poisoned cell, {p1['baseline_repeats'] if p1 else '–'} "
