@@ -1,12 +1,14 @@
-"""The availability findings of the paper-scale report (flcore.studies.report): each verdict
+"""The availability and defense findings of the paper-scale report (flcore.studies.report): each verdict
 follows the numbers it quotes, and turns when the numbers turn."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from flcore.studies.report import availability_findings
 
@@ -77,3 +79,31 @@ def test_no_runs_no_findings_and_no_clean_run_no_loss_finding():
     av = _frame(_recall_following_malicious(lambda m, a: 90.0 - 40.0 * a), _malicious)
     lines = availability_findings(av, None, BREAK)
     assert len(lines) == 2 and not any(ln.startswith("With m ≥ 10%") for ln in lines)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists(),
+                    reason="Fashion-MNIST not installed (make data)")  # fmt: skip
+def test_defense_findings_quote_the_runs_and_turn_with_the_threshold(tmp_path):
+    """The defense finding (§4) quotes each run's separation AUC and malicious share, and is held
+    or NOT held by the threshold; the detector line counts flags as the detection table does."""
+    from flcore.studies import experiments as ex
+    from flcore.studies.report import defense_findings
+
+    res = ex.defense_updates([["fmnist", 4, 6]], [0.2, 0.4], rounds=3, repeats=1, store=tmp_path / "store",
+                             progress=False, seed=0, n_train={"fmnist": 600}, n_test={"fmnist": 300},
+                             precision="fp32")  # fmt: skip
+    sep = ex.pca_separation(ex.pca_frame(res, 1))
+    sep = sep[np.isfinite(sep["separation_auc"])]  # a run with no malicious update selected is left out
+    assert len(sep)
+    low = float(sep["separation_auc"].min())
+    held = defense_findings(res, 1, threshold=low)
+    assert len(held) == 2 and ": held (" in held[0], held
+    for r in sep.itertuples():
+        assert f"m={100 * r.m:g}%: {r.separation_auc:.3f} ({int(r.malicious_rows)} of {int(r.rows)} " in held[0]
+    assert "nan" not in held[0]
+    assert ": NOT held (" in defense_findings(res, 1, threshold=low + 1e-6)[0]
+    part = ex.detection_table(ex.detection_frame(res, 1))
+    part = part[part["level"] == "participant"]
+    for r in part.itertuples():
+        assert f"{int(r.tp)} of {int(r.tp + r.fn)} malicious flagged, {int(r.fp)} of {int(r.fp + r.tn)} honest" in held[1]
+    assert defense_findings([], 1) == [] and defense_findings([None], 1) == []

@@ -220,3 +220,18 @@ def test_local_cluster_sweep_killed_and_resumed_matches_in_process(tmp_path):
     ref = Store(ref_path)
     for k in st:
         assert_same_entry(st.get(k), ref.get(k))
+
+
+def test_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+    """A LocalCluster's nannies set OMP_NUM_THREADS=1 (and more) in the starting process for the
+    workers to inherit, and leave it set: a render after `reproduce --local-cluster N` would run
+    its kernels' BLAS on one thread, and round the defense's PCA differently from a render
+    without a cluster. `_client` hands the variables to the workers and puts them back."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    with S._client(None, 1) as client:
+        # the worker has them (Dask's choice, kept): the variables really were set here
+        assert client.submit(os.environ.get, "OMP_NUM_THREADS", pure=False).result() == "1"
+    assert dict(os.environ) == before, {n: os.environ.get(n) for n in names}

@@ -540,7 +540,13 @@ def cmd_sweep(argv: list[str]) -> int:
 
 
 class _client:
-    """A Dask client on an existing scheduler or on a LocalCluster started (and closed) here."""
+    """A Dask client on an existing scheduler or on a LocalCluster started (and closed) here.
+
+    A LocalCluster's nannies set OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS = 1 and
+    MALLOC_TRIM_THRESHOLD_ in this process's environment, for the workers to inherit, and leave
+    them there. Everything started later would inherit them too: the notebooks' kernels of a
+    render would run NumPy's BLAS on one thread and round the defense's PCA differently from a
+    render without a cluster. The environment is therefore put back as it was on exit."""
 
     def __init__(self, address: str | None, n_workers: int | None):
         self.address, self.n_workers, self.cluster = address, n_workers, None
@@ -548,6 +554,7 @@ class _client:
     def __enter__(self):
         from distributed import Client, LocalCluster
 
+        self._environ = dict(os.environ)
         if self.address:
             self.client = Client(self.address)
         else:
@@ -558,9 +565,13 @@ class _client:
         return self.client
 
     def __exit__(self, *exc):
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        try:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            os.environ.clear()
+            os.environ.update(self._environ)
 
 
 def _print_summary(grid, df: pd.DataFrame, info: dict, wall: float) -> None:

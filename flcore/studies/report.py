@@ -271,6 +271,39 @@ def availability_findings(av, clean, break_round: int) -> list[str]:
     return out
 
 
+def defense_findings(results, rounds_from: int, how: str = "mean", threshold: float = 0.95) -> list[str]:
+    """The paper's defense finding (§4, Fig 8), from notebook 05's runs (`record_updates="source"`):
+    projected on two principal components, the malicious participants' source-class updates
+    stand apart from the honest ones at every m, even 2%. Judged per run by the separation AUC
+    of the better component (`flcore.studies.experiments.pca_frame`): held when every run with a
+    malicious update reaches `threshold`. A second line scores the detector that never sees the
+    truth (`flcore.defenses.detector.PCADetector`, per participant)."""
+    results = [r for r in results if r is not None]
+    if not results:
+        return []
+    sep = ex.pca_separation(ex.pca_frame(results, rounds_from, how=how))
+    sep = sep[np.isfinite(sep["separation_auc"])].sort_values(["src", "tgt", "m"])
+    out = []
+    for (s, t), g in sep.groupby(["src", "tgt"]):
+        held = bool((g["separation_auc"] >= threshold).all())
+        detail = "; ".join(f"m={100 * r.m:g}%: {r.separation_auc:.3f} ({int(r.malicious_rows)} of {int(r.rows)} "
+                           "updates malicious)" for r in g.itertuples())  # fmt: skip
+        out.append(f"Malicious source-class updates stand apart from honest ones in two principal "
+                   f"components, even at m = 2% ({s}→{t}, §4): {'held' if held else 'NOT held'} "
+                   f"(separation AUC of the better component, rounds ≥ {rounds_from}, held at ≥ {threshold:g}: "
+                   f"{detail}).")  # fmt: skip
+    td = ex.detection_table(ex.detection_frame(results, rounds_from, how=how))
+    part = td[td["level"] == "participant"].sort_values(["src", "tgt", "m"])
+    for (s, t), g in part.groupby(["src", "tgt"]):
+        detail = "; ".join(f"m={100 * r.m:g}%: {int(r.tp)} of {int(r.tp + r.fn)} malicious flagged, "
+                           f"{int(r.fp)} of {int(r.fp + r.tn)} honest" for r in g.itertuples())  # fmt: skip
+        perfect = bool(((g["fn"] == 0) & (g["fp"] == 0)).all())
+        out.append(f"Beyond the paper, a detector that never sees the truth (two clusters on the "
+                   f"projection, the smaller called malicious) picks them out ({s}→{t}): "
+                   f"{'every participant right' if perfect else 'with errors'} ({detail}).")  # fmt: skip
+    return out
+
+
 def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None, extra: dict | None = None) -> dict:
     """`profile`'s plan and stored runs (its committed export imported first), and the frames
     of notebooks 01 (feasibility: final, pairs) and 03 (timing: late, timing_rounds,
@@ -297,7 +330,8 @@ def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None
 
     d = {"out_name": out_name, "plan": plan(everything, store), "params": params, "results": results,
          "final": None, "late": None, "timing_rounds": None, "pairs": set(), "break_round": 75,
-         "availability": None, "clean_rounds": None, "availability_break": 75}  # fmt: skip
+         "availability": None, "clean_rounds": None, "availability_break": 75,
+         "defense": [], "defense_params": {}}  # fmt: skip
     p1 = params.get("01_feasibility")
     if p1 is not None:
         jobs = feasibility_jobs(p1)
@@ -313,6 +347,10 @@ def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None
         got = [r for r in map(get, study_configs("04_availability", p4)) if r is not None]
         if got:
             d["availability"] = pd.concat([ex.round_frame(r) for r in got], ignore_index=True)
+    p5 = params.get("05_defense")
+    if p5 is not None:
+        d["defense"] = [get(c) for c in study_configs("05_defense", p5)]
+        d["defense_params"] = p5
     p3 = params.get("03_timing")
     if p3 is not None:
         d["break_round"] = p3["break_round"]
@@ -464,6 +502,8 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
     ]
     found = findings(final, t2, late, timing_rounds, break_round)
     found += availability_findings(d["availability"], d["clean_rounds"], d["availability_break"])
+    dp = d["defense_params"]
+    found += defense_findings(d["defense"], dp.get("rounds_from", 10), dp.get("how", "mean"))
     lines += [f"- {f}" for f in found] or ["- none can be judged yet: their runs are not computed."]
     lines += [
         "",
