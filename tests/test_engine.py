@@ -384,3 +384,24 @@ def test_both_evaluation_layouts_predict_alike(dataset, monkeypatch):
     for g in range(R):  # and each model's own plain forward pass
         one = {k: v[g : g + 1] for k, v in glob.items()}
         assert torch.equal(real_forward(spec, one, xt.double() / 255.0, 1, training=False).argmax(-1)[0], stacked[g])
+
+
+def test_stacks_on_a_gpu_hold_more_federations():
+    """The stack bound follows the device the configurations train on: on a CUDA GPU larger
+    stacks keep paying (Fashion-MNIST up to 240 federations, CIFAR-10 up to 30), on a CPU the
+    bounds stay 30 and 12. The key's device decides, so a plan made here for a GPU is cut as
+    the GPU will train it."""
+    from flcore.runs.runner import batches
+
+    def sizes(dataset, device, n=12):
+        cfgs = [Config(dataset=dataset, m=0.1 + 0.01 * i, repeats=10, device=device, precision="fp32")
+                for i in range(n)]  # fmt: skip
+        return [sum(c.repeats for c in s) for s in batches(cfgs)]
+
+    assert sizes("fmnist", "cpu") == [30, 30, 30, 30]
+    assert sizes("fmnist", "cuda", 30) == [240, 60]
+    assert sizes("cifar10", "cpu", 3) == [10, 10, 10]  # 12 federations: no two configs of 10 fit
+    assert sizes("cifar10", "cuda", 6) == [30, 30]
+    from flcore.data.specs import DATASETS
+
+    assert DATASETS.get("fmnist").stack_cap("mps") == 30  # anything else counts as a CPU

@@ -34,8 +34,17 @@ class DatasetSpec:
     # the reference hyperparameters: batch_size, lr, momentum, lr_step (participant epochs), lr_gamma
     defaults: dict = field(default_factory=dict)
     pairs: tuple[tuple[int, int], ...] = ()  # the paper's (source, target) pairs; first = default
-    max_batched_federations: int = 30  # fast engine: federations per stack (memory: x k models)
+    max_batched_federations: int = 30  # fast engine on a CPU: federations per stack (memory: x k models)
+    max_batched_federations_cuda: int = 30  # the same on a CUDA GPU (more fit, and larger stacks pay)
     load: Callable[..., loading.Dataset] | None = None  # load(root=None, progress=True, download=True)
+
+    def stack_cap(self, device: str) -> int:
+        """Federations one stack of the fast engine holds at most on `device` ("cpu" or "cuda";
+        anything else counts as a CPU). The CPU caps bound a task's memory and stop where
+        stacking stops paying on 2 cores; on a GPU, Fashion-MNIST gets cheaper per
+        experiment-round up to about 240 stacked federations and CIFAR-10 up to about 30
+        (benchmarks/cuda_check.py on an NVIDIA H200, docs/PERFORMANCE.md)."""
+        return self.max_batched_federations_cuda if device == "cuda" else self.max_batched_federations
 
     @property
     def num_classes(self) -> int:
@@ -52,7 +61,7 @@ DATASETS.register(DatasetSpec(
     mean=loading.FMNIST_MEAN, std=loading.FMNIST_STD, image_shape=(1, 28, 28),
     train_size=60000, test_size=10000, architecture=FMNIST_CNN, augment=False,
     defaults=dict(batch_size=4, lr=0.001, momentum=0.9, lr_step=10, lr_gamma=0.1),
-    pairs=((4, 6), (6, 0), (1, 3)), max_batched_federations=30,
+    pairs=((4, 6), (6, 0), (1, 3)), max_batched_federations=30, max_batched_federations_cuda=240,
     load=partial(loading.load_dataset, "fmnist"),
 ))  # fmt: skip
 DATASETS.register(DatasetSpec(
@@ -60,7 +69,7 @@ DATASETS.register(DatasetSpec(
     mean=loading.CIFAR10_MEAN, std=loading.CIFAR10_STD, image_shape=(3, 32, 32),
     train_size=50000, test_size=10000, architecture=CIFAR10_CNN, augment=True,
     defaults=dict(batch_size=10, lr=0.01, momentum=0.5, lr_step=50, lr_gamma=0.5),
-    pairs=((5, 3), (0, 2), (1, 9)), max_batched_federations=12,
+    pairs=((5, 3), (0, 2), (1, 9)), max_batched_federations=12, max_batched_federations_cuda=30,
     load=partial(loading.load_dataset, "cifar10"),
 ))  # fmt: skip
 

@@ -3,7 +3,8 @@
 `compute(configs, store)` trains every configuration that is not yet in the result store.
 Pending configurations are cut into the stacks `run_many` would form (`runner.batches`:
 configurations that differ only in the attack and selection share one stacked model, at most
-the dataset's `max_batched_federations` federations per stack, which bounds a task's memory).
+the dataset's bound for the device, `spec.stack_cap(device)` federations per stack, which bounds a
+task's memory).
 Each stack is one task: run here one after the other (the default), or one Dask task per
 stack with `executor=` a `dask.distributed.Client`, the workers writing to the shared store.
 The clean warm-ups that warm-started configurations begin from are computed first, once each.
@@ -75,7 +76,7 @@ def plan(configs, store="results", max_federations: int | None = None) -> Plan:
     missing is trained whole (its stored members are kept as they are).
 
     max_federations: at most this many federations per stack (default: the dataset's
-    `max_batched_federations`, its memory bound); smaller stacks are stored sooner, so less
+    bound for the device, `spec.stack_cap(device)`); smaller stacks are stored sooner, so less
     is lost when a long compute is killed. A damaged entry counts as missing (the store
     quarantines it on this verifying read)."""
     from flcore.runs.store import Store

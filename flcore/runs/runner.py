@@ -272,12 +272,12 @@ def models_per_federation(cfg: Config) -> int:
 
 def _split(idx: list[int], cfgs: list[Config], cap: int | None = None) -> list[list[int]]:
     """One batch group's configs (indices, in order) cut into stacks of at most `cap`
-    federations and at most the dataset's memory bound, `max_batched_federations` x k models
-    (counting each federation's honest twins and server model, `models_per_federation`); a
-    config larger than either is a stack of its own."""
+    federations and at most the dataset's bound for the device, `spec.stack_cap(device)` x k
+    models (counting each federation's honest twins and server model, `models_per_federation`);
+    a config larger than either is a stack of its own."""
     first = cfgs[idx[0]]
     cap = cap or 10**9
-    models_cap = first.spec.max_batched_federations * first.k
+    models_cap = first.spec.stack_cap(first.device) * first.k
     per = models_per_federation(first)  # the same for every config of a batch group
     out, batch, feds = [], [], 0
     for i in idx:
