@@ -107,3 +107,25 @@ def test_defense_findings_quote_the_runs_and_turn_with_the_threshold(tmp_path):
     for r in part.itertuples():
         assert f"{int(r.tp)} of {int(r.tp + r.fn)} malicious flagged, {int(r.fp)} of {int(r.fp + r.tn)} honest" in held[1]
     assert defense_findings([], 1) == [] and defense_findings([None], 1) == []
+
+
+def test_client_state_tally_names_a_mode_only_when_the_decided_cells_lean_clearly():
+    """The comparison's summary counts only cells where the modes differ beyond the paired
+    interval, gives each mode's mean distance to the paper, and names the mode the paper follows
+    only when at least 5 cells are decided and one mode wins at least twice as many plus 3."""
+    from flcore.studies.report import _tally
+
+    def frame(verdicts):
+        rows = [{"closer": v, "_a": 10.0, "_b": 14.0, "_paper": 12.5} for v in verdicts]
+        return pd.DataFrame(rows)
+
+    clear = _tally(frame(["b"] * 7 + ["a"] * 2 + ["no difference"] * 4), "a", "b", "x")
+    assert "of the 13 cells computed in both modes, the two differ beyond the paired 95% CI in 9" in clear
+    assert "a is closer to the paper in 2 and b in 7; in the other 4" in clear
+    assert "2.5 for a and 1.5 for b" in clear
+    assert clear.endswith("So far the paper's numbers follow b.")
+    close = _tally(frame(["b"] * 6 + ["a"] * 2 + ["no difference"] * 4), "a", "b", "x")  # 6 < 2 * 2 + 3
+    assert close.endswith("These runs do not yet say which mode the paper's numbers follow.")
+    few = _tally(frame(["b"] * 4 + ["–"] * 3), "a", "b", "x")  # 4 decided cells: too few
+    assert "of the 4 cells" in few and few.endswith("do not yet say which mode the paper's numbers follow.")
+    assert _tally(frame(["–"] * 3), "a", "b", "x") == "No cell is computed in both modes yet."

@@ -229,8 +229,10 @@ def test_client_state_profile_plans_the_same_cells_persistent():
 
 def test_client_state_section_says_which_mode_is_closer(in_process):
     """The client-state comparison on the tiny profile's real runs: the same runs in both columns
-    tie cell by cell; a second mode whose source recall is 5 pp lower is closer to the paper exactly
-    where a larger loss is; with no runs in the second mode nothing is compared."""
+    tie cell by cell; a second mode whose source recall is 5 pp lower in every repeat differs
+    beyond the paired interval, and is closer to the paper exactly where a larger loss is; a
+    second mode that differs only by noise (+20 pp in one repeat, -20 in another) is closer
+    nowhere; with no runs in the second mode nothing is compared."""
     from flcore.studies.report import _frames, client_state_section
 
     d = _frames("t", REPO_ROOT, _params(in_process), _extra(in_process))
@@ -241,19 +243,32 @@ def test_client_state_section_says_which_mode_is_closer(in_process):
         cols = [c.strip() for c in head.strip("|").split("|")]
         return [dict(zip(cols, (c.strip() for c in ln.strip("|").split("|")))) for ln in body]
 
+    def mean(c, col):
+        return float(c[col].split()[0])
+
     same = cells(client_state_section(final, late, final, late, pairs, "a", "b"))
     computed = [c for c in same if c["a"] != "–"]
     assert computed and all(c["closer"] == "tie" for c in computed)
+    assert all(c["difference (95% CI, paired runs)"].startswith("+0.0 ± 0.0") for c in computed)
     lower = final.copy()
     lower.loc[lower["m"] > 0, "source_recall"] -= 5.0
     text = client_state_section(final, late, lower, late, pairs, "a", "b")
     t2 = [c for c in cells(text) if c["table"].startswith("2") and c["a"] != "–"]
     assert t2
     for c in t2:
-        a, b, paper = float(c["a"]), float(c["b"]), float(c["paper"])
+        a, b, paper = mean(c, "a"), mean(c, "b"), float(c["paper"])
         assert b == pytest.approx(a + 5.0, abs=0.11)
+        assert c["difference (95% CI, paired runs)"].startswith("+5.0 ± 0.0")
         assert c["closer"] == ("a" if abs(a - paper) < abs(b - paper) else "b")
     assert f"a is closer to the paper in {sum(c['closer'] == 'a' for c in cells(text))}" in text
+    attacked = final["m"] > 0
+    assert final.loc[attacked, "repeat"].nunique() >= 2
+    noisy = final.copy()
+    noisy.loc[attacked & (noisy["repeat"] == 0), "source_recall"] += 20.0
+    noisy.loc[attacked & (noisy["repeat"] == 1), "source_recall"] -= 20.0
+    text = client_state_section(final, late, noisy, late, pairs, "a", "b")
+    t2 = [c for c in cells(text) if c["table"].startswith("2") and c["a"] != "–"]
+    assert t2 and all(c["closer"] == "no difference" for c in t2)
     none = client_state_section(final, late, None, None, pairs, "a", "b")
     assert all(c["closer"] == "–" for c in cells(none)) and "No cell is computed in both modes yet." in none
 

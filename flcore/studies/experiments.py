@@ -633,6 +633,22 @@ def _with_baseline(final: pd.DataFrame) -> pd.DataFrame:
     return paired_with_clean(final[final["m"] > 0], base, ["dataset", "src", "tgt"], recall_cols)
 
 
+def table2_per_repeat(final: pd.DataFrame) -> pd.DataFrame:
+    """Table 2's loss in source recall (pp, clean minus poisoned) of every poisoned repeat,
+    paired with the clean repeat of the same index: dataset, src, tgt, m, repeat, loss, m_cnt
+    and, with `feasibility(curves=True)` runs, loss_last (the loss averaged over the last
+    rounds, NaN where the poisoned run was evaluated in the final round only)."""
+    j = _with_baseline(final)
+    j["loss"] = source_recall_loss(j["source_recall_clean"], j["source_recall"])
+    keys = ["dataset", "src", "tgt", "m", "repeat"]
+    if "source_recall_last" in final and final.loc[final["m"] > 0, "source_recall_last"].notna().any():
+        base = final[final["m"] == 0][["dataset", "src", "tgt", "repeat", "source_recall_last"]]
+        jl = final[final["m"] > 0].merge(base, on=["dataset", "src", "tgt", "repeat"], suffixes=("", "_clean"))
+        jl["loss_last"] = source_recall_loss(jl["source_recall_last_clean"], jl["source_recall_last"])
+        j = j.merge(jl[keys + ["loss_last"]], on=keys, how="left")
+    return j
+
+
 def table2(final: pd.DataFrame) -> pd.DataFrame:
     """Loss in source recall (pp, clean minus poisoned) per pair and m, with the clean m_cnt.
 
@@ -640,18 +656,15 @@ def table2(final: pd.DataFrame) -> pd.DataFrame:
     With `feasibility(curves=True)` runs, also the loss averaged over the last rounds
     (`last_rounds`: the last tenth of the run), paired by repeat: last_mean, last_std,
     last_runs (NaN where the poisoned runs were evaluated in the final round only).
+    Per repeat: `table2_per_repeat`.
     """
-    j = _with_baseline(final)
-    j["loss"] = source_recall_loss(j["source_recall_clean"], j["source_recall"])
+    j = table2_per_repeat(final)
     t = mean_std(j, ["dataset", "src", "tgt", "m"], "loss")
     cnt = final[final["m"] == 0].groupby(["dataset", "src", "tgt"])["m_cnt"].mean().rename("m_cnt")
     t = t.merge(cnt.reset_index(), on=["dataset", "src", "tgt"], how="left")
     t.insert(3, "setting", [setting_label(m) for m in t["m"]])
-    if "source_recall_last" in final and final.loc[final["m"] > 0, "source_recall_last"].notna().any():
-        base = final[final["m"] == 0][["dataset", "src", "tgt", "repeat", "source_recall_last"]]
-        jl = final[final["m"] > 0].merge(base, on=["dataset", "src", "tgt", "repeat"], suffixes=("", "_clean"))
-        jl["loss_last"] = source_recall_loss(jl["source_recall_last_clean"], jl["source_recall_last"])
-        last = mean_std(jl, ["dataset", "src", "tgt", "m"], "loss_last").rename(
+    if "loss_last" in j:
+        last = mean_std(j, ["dataset", "src", "tgt", "m"], "loss_last").rename(
             columns={"mean": "last_mean", "std": "last_std", "runs": "last_runs"})
         t = t.merge(last, on=["dataset", "src", "tgt", "m"], how="left")
     return t

@@ -359,42 +359,107 @@ def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None
     return d
 
 
-def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str) -> str:
-    """Table 2's final-round loss and Table 4's final source recall of two profiles that differ
-    in client state (`a`, `b`: their labels), beside the paper's, and which is closer per cell
-    (only where both have runs)."""
+def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str, last: int = 20) -> str:
+    """Table 2's loss and Table 4's final source recall of two profiles that differ in client
+    state (`a`, `b`: their labels), beside the paper's, cell by cell (only where both have
+    runs): each mode's mean and 95% CI, the difference b - a paired by repeat (repeat j of
+    both modes shares partition, initial weights, selection and batch order, so the pairing
+    removes what the selection alone does) with its 95% CI, and which mode is closer to the
+    paper where the modes differ beyond that interval ("no difference" where they do not: a
+    cell decided by noise counts for neither). Table 2 is judged on the final round, as the
+    paper reports it, and again on the mean of the last `last` rounds, which varies less."""
     t2a, t2b = _t2_of(final_a), _t2_of(final_b)
-    rows = []
+    ra, rb = (ex.table2_per_repeat(f) if t is not None else None for f, t in ((final_a, t2a), (final_b, t2b)))
+    rows, last_rows = [], []
     paper = ex.PAPER_TABLE2[ex.PAPER_TABLE2["dataset"] == DATASET]
     for r in paper.itertuples(index=False):
         if (DATASET, r.src, r.tgt) not in pairs:
             continue
-        va, vb = (_stats(_row(t, r.src, r.tgt, m=r.m))[0] for t in (t2a, t2b))
-        rows.append({"table": "2 (loss, pp)", "pair": f"{r.src}→{r.tgt}", "m": f"{100 * r.m:g}%",
-                     "paper": _fmt(r.loss, 2), a: _fmt(va), b: _fmt(vb), "closer": _closer(va, vb, r.loss, a, b)})  # fmt: skip
+        ga, gb = _row(t2a, r.src, r.tgt, m=r.m), _row(t2b, r.src, r.tgt, m=r.m)
+        sel = {"src": r.src, "tgt": r.tgt, "m": r.m}
+        cell = {"table": "2 (loss, pp)", "pair": f"{r.src}→{r.tgt}", "m": f"{100 * r.m:g}%"}
+        rows.append(_compared(cell, r.loss, _stats(ga), _stats(gb), _paired(ra, rb, sel, "loss"), a, b))
+        last_rows.append(_compared(cell, r.loss, _stats(ga, "last_"), _stats(gb, "last_"),
+                                   _paired(ra, rb, sel, "loss_last"), a, b))  # fmt: skip
     t4a, t4b = _t4_of(late_a), _t4_of(late_b)
     p4 = ex.PAPER_TABLE4[ex.PAPER_TABLE4["dataset"] == DATASET]
     for r in p4.itertuples(index=False):
         if (DATASET, r.src, r.tgt) not in pairs:
             continue
         for setting, _ in _T4_SETTINGS:
-            pv = getattr(r, setting)
-            va, vb = (_stats(_row(t, r.src, r.tgt, setting=setting))[0] for t in (t4a, t4b))
-            rows.append({"table": f"4 ({setting}, %)", "pair": f"{r.src}→{r.tgt}", "m": "10%", "paper": _fmt(pv, 2),
-                         a: _fmt(va), b: _fmt(vb), "closer": _closer(va, vb, pv, a, b)})  # fmt: skip
+            cell = {"table": f"4 ({setting}, %)", "pair": f"{r.src}→{r.tgt}", "m": "10%"}
+            sa, sb = (_stats(_row(t, r.src, r.tgt, setting=setting)) for t in (t4a, t4b))
+            la, lb = (None if lt is None else lt[(lt["n_mal_last"] > 0) == (setting == "malicious_in_PR")]
+                      for lt in (late_a, late_b))  # fmt: skip
+            d = _paired(la, lb, {"src": r.src, "tgt": r.tgt}, "source_recall")
+            rows.append(_compared(cell, getattr(r, setting), sa, sb, d, a, b))
     df = pd.DataFrame(rows)
-    done = df[df["closer"] != "–"]
-    tally = (f"Of the {len(done)} cells computed in both modes, {a} is closer to the paper in "
-             f"{int((done['closer'] == a).sum())} and {b} in {int((done['closer'] == b).sum())}."
-             if len(done) else "No cell is computed in both modes yet.")  # fmt: skip
-    return _md(df) + "\n\n" + tally
+    text = _md(df.drop(columns=[c for c in df.columns if c.startswith("_")])) + "\n\n"
+    text += _tally(df, a, b, "the final round (Tables 2 and 4)")
+    t2_last = pd.DataFrame(last_rows)
+    if len(t2_last):
+        text += " " + _tally(t2_last, a, b, f"Table 2's mean over the last {last} rounds")
+    return text
 
 
-def _closer(va: float, vb: float, paper: float, a: str, b: str) -> str:
-    if not (np.isfinite(va) and np.isfinite(vb)):
+def _paired(ra: pd.DataFrame | None, rb: pd.DataFrame | None, sel: dict, col: str) -> np.ndarray:
+    """b - a of `col` for the repeats both per-repeat frames hold in the cell `sel`."""
+    if ra is None or rb is None or col not in ra or col not in rb:
+        return np.array([])
+    keys = list(sel) + ["repeat"]
+    pick = [(f[np.logical_and.reduce([np.isclose(f[k], v) for k, v in sel.items()])][keys + [col]]) for f in (ra, rb)]
+    j = pick[0].merge(pick[1], on=keys, suffixes=("_a", "_b")).dropna(subset=[f"{col}_a", f"{col}_b"])
+    return (j[f"{col}_b"] - j[f"{col}_a"]).to_numpy(dtype=float)
+
+
+def _compared(cell: dict, paper: float, sa: tuple, sb: tuple, diffs: np.ndarray, a: str, b: str) -> dict:
+    """One row of the client-state comparison: both modes' mean ± 95% CI, their difference
+    paired by repeat (`diffs`: b - a per repeat) with its 95% CI, and which is closer to the
+    paper where they differ beyond it."""
+    (ma, sda, na), (mb, sdb, nb) = sa, sb
+    n = len(diffs)
+    diff = float(diffs.mean()) if n else math.nan
+    half = ci95(float(diffs.std(ddof=1)), n) if n > 1 else math.nan
+    if not (np.isfinite(ma) and np.isfinite(mb)):
+        closer = "–"
+    elif not np.isfinite(half):
+        closer = "too few paired runs"
+    elif abs(diff) <= half:
+        closer = "tie" if half == 0 else "no difference"  # tie: the same numbers in every run
+    else:
+        da, db = abs(ma - paper), abs(mb - paper)
+        closer = a if da < db else b if db < da else "tie"
+    return {**cell, "paper": _fmt(paper, 2), a: _mode_cell(ma, ci95(sda, na), na),
+            b: _mode_cell(mb, ci95(sdb, nb), nb),
+            "difference (95% CI, paired runs)": f"{diff:+.1f} ± {_fmt(half)} ({n})" if n else "–",
+            "closer": closer, "_a": ma, "_b": mb, "_paper": paper}  # fmt: skip
+
+
+def _mode_cell(mean: float, half: float, runs: int) -> str:
+    """`mean ± half (runs)`, or – where the mode has no run of the cell."""
+    if not np.isfinite(mean):
         return "–"
-    da, db = abs(va - paper), abs(vb - paper)
-    return a if da < db else b if db < da else "tie"
+    return f"{mean:.1f} ± {_fmt(half)} ({runs})"
+
+
+def _tally(df: pd.DataFrame, a: str, b: str, what: str) -> str:
+    """One paragraph counting the comparison's verdicts over the cells computed in both modes."""
+    done = df[df["closer"] != "–"] if len(df) else df
+    if not len(done):
+        return "No cell is computed in both modes yet."
+    n_a, n_b = int((done["closer"] == a).sum()), int((done["closer"] == b).sum())
+    same = len(done) - n_a - n_b
+    err = {lab: float(np.mean(np.abs(done[col].astype(float) - done["_paper"].astype(float))))
+           for lab, col in ((a, "_a"), (b, "_b"))}  # fmt: skip
+    if n_a + n_b >= 5 and max(n_a, n_b) >= 2 * min(n_a, n_b) + 3:
+        lead = a if n_a > n_b else b
+        say = f"So far the paper's numbers follow {lead}."
+    else:
+        say = "These runs do not yet say which mode the paper's numbers follow."
+    return (f"On {what}, of the {len(done)} cells computed in both modes, the two differ beyond "
+            f"the paired 95% CI in {n_a + n_b}: {a} is closer to the paper in {n_a} and {b} in {n_b}; "
+            f"in the other {same} they do not differ at this number of runs. The mean distance "
+            f"to the paper over these cells is {err[a]:.1f} for {a} and {err[b]:.1f} for {b}. {say}")
 
 
 def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = REPO_ROOT, log=print,
@@ -491,7 +556,10 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
             "its selections and its learning rate decays with its own count of training calls "
             f"(`Config(client_state=\"persistent\")`). The profile `{other}` runs the same Table 2 and "
             f"Table 4 cells that way ({len(o['plan'].stored)} of {len(o['plan'].configs)} configurations "
-            "computed). Per cell, the final-round mean of each mode and which is closer to the paper:",
+            "computed). Per cell, each mode's mean and 95% CI over its runs (and their number); the "
+            "second mode minus the first, paired by repeat (repeat j of both shares partition, "
+            "initial weights, selection and batch order), with its 95% CI; and which mode is closer "
+            "to the paper where the two differ beyond that interval:",
             "",
             client_state_section(final, late, o["final"], o["late"], pairs, a, b),
             "",
