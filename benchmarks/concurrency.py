@@ -9,6 +9,12 @@ rounds after one warm-up round, and prints the machine's throughput in experimen
 second for every layout asked for, and each layout's throughput relative to the first.
 
     python benchmarks/concurrency.py [--layouts 1x1,2x1,1x2] [--rounds 4] [--federations 3]
+    python benchmarks/concurrency.py --dataset cifar10 --precision auto --layouts 1x2,2x1 --total-federations 10
+
+`--dataset cifar10` trains the CIFAR-10 paper setting instead (batch 10). `--total-federations
+N` splits the same N federations over each layout's P processes (N/P each) instead of giving
+every process `--federations`: whether a stack of N repeats runs faster as one process on all
+cores or as P single-threaded stacks of N/P.
 
 Run it on an idle machine; name the CPU beside any number you quote.
 """
@@ -23,17 +29,20 @@ import sys
 import time
 
 
-def _worker(rounds: int, federations: int, threads: int, start_at: float) -> dict:
+def _worker(rounds: int, federations: int, threads: int, start_at: float, dataset: str = "fmnist",
+            precision: str = "fp32") -> dict:
     import torch
 
     torch.set_num_threads(threads)
     from flcore import Config
     from flcore.runs.runner import load_data, resolved
+    from flcore.sim.device import keep_freed_memory
     from flcore.sim.engine import simulate
     from flcore.sim.plan import make_plan
 
-    cfg = resolved(Config(dataset="fmnist", m=0.1, src=1, tgt=3, rounds=rounds + 1, repeats=federations,
-                          precision="fp32", eval_classes=(1, 3)))  # fmt: skip
+    keep_freed_memory()  # as the runner does before every training
+    cfg = resolved(Config(dataset=dataset, m=0.1, src=1, tgt=3, rounds=rounds + 1, repeats=federations,
+                          precision=precision, eval_classes=(1, 3)))  # fmt: skip
     plan = make_plan(cfg, load_data(cfg, None, None))
 
     class Clock:
@@ -55,6 +64,9 @@ def main() -> None:
     p.add_argument("--layouts", default="1x1,2x1,1x2", help="PxT: P processes at once, T torch threads each")
     p.add_argument("--rounds", type=int, default=4, help="timed rounds after one warm-up round")
     p.add_argument("--federations", type=int, default=3, help="federations stacked per process")
+    p.add_argument("--total-federations", type=int, help="split N federations over each layout's P processes")
+    p.add_argument("--dataset", default="fmnist", choices=("fmnist", "cifar10"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -75,20 +87,31 @@ def main() -> None:
         layouts.append((n_proc, n_thr))
     if a.rounds < 1 or a.federations < 1:
         sys.exit("error: --rounds and --federations must be at least 1")
+    if a.total_federations is not None:
+        for n_proc, _ in layouts:
+            if a.total_federations < n_proc or a.total_federations % n_proc:
+                sys.exit(f"error: --total-federations {a.total_federations} does not split evenly over "
+                         f"{n_proc} processes: give a multiple of every layout's P")  # fmt: skip
+    from flcore.sim.device import resolve_precision
 
-    print(f"# CPU: {cpu_id()}, {os.cpu_count()} cores; fmnist paper setting, {a.federations} federations "
-          f"per stack, {a.rounds} timed rounds after one warm-up")  # fmt: skip
+    precision = resolve_precision(a.precision, "cpu")
+    per_stack = (f"{a.total_federations} federations split over the processes" if a.total_federations
+                 else f"{a.federations} federations per stack")  # fmt: skip
+    print(f"# CPU: {cpu_id()}, {os.cpu_count()} cores; {a.dataset} paper setting, {precision}, {per_stack}, "
+          f"{a.rounds} timed rounds after one warm-up")  # fmt: skip
     base = None
     for n_proc, n_thr in layouts:
         env = {**os.environ, "OMP_NUM_THREADS": str(n_thr)}
         # the processes load data first; they start training together some seconds later
         start_at = time.time() + 25
-        spec = json.dumps({"rounds": a.rounds, "federations": a.federations, "threads": n_thr, "start_at": start_at})
+        feds = a.total_federations // n_proc if a.total_federations else a.federations
+        spec = json.dumps({"rounds": a.rounds, "federations": feds, "threads": n_thr, "start_at": start_at,
+                           "dataset": a.dataset, "precision": precision})  # fmt: skip
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", spec], env=env, stdout=subprocess.PIPE,
                                   text=True) for _ in range(n_proc)]  # fmt: skip
         outs = [json.loads(pr.communicate()[0].strip().splitlines()[-1]) for pr in procs]
         # each process: federations x 1 round per s_per_round; the machine: their sum
-        rate = sum(a.federations / o["s_per_round"] for o in outs)
+        rate = sum(feds / o["s_per_round"] for o in outs)
         base = base or rate
         per = " ".join(f"{o['s_per_round']:.2f}" for o in outs)
         print(f"RESULT layout={n_proc}x{n_thr} exp_rounds_per_s={rate:.3f} relative={rate / base:.2f} "
