@@ -218,3 +218,47 @@ def test_export_reads_a_checkpoint_header_without_loading_it_and_skips_a_damaged
     other = tmp_path / "other.pt"
     other.write_bytes(b"not a checkpoint")
     assert _saved(cut) is None and _saved(other) is None
+
+
+def test_cpu_seconds_leave_out_the_time_the_process_did_not_run(tmp_path, monkeypatch):
+    """`meta["cpu_s"]` is the CPU time the stack's process spent training it, so time in which
+    the process did not run (here: sleeping between rounds, as a process stopped with SIGSTOP
+    does not run) is in `wall_s` but not in `cpu_s`; it carries across a checkpoint, and a
+    stack resumed from a checkpoint that did not record it says None rather than a part."""
+    import time as clock
+
+    def nap(_done: int) -> None:
+        clock.sleep(0.5)
+
+    cfgs = S.expand({**TINY, "rounds": 4, "m": [0.2]})
+    key = store_key(cfgs[0])
+    train_stack(cfgs, store=tmp_path / "whole", on_round=nap)
+    meta = Store(tmp_path / "whole").get(key).meta
+    assert 0 < meta["cpu_s"] and meta["wall_s"] - meta["cpu_s"] >= 1.6  # 4 naps of 0.5 s
+
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")
+    stopped = tmp_path / "stopped"
+
+    def nap_then_stop(done: int) -> None:
+        nap(done)
+        _stop_after(2)(done)
+
+    with pytest.raises(_Stop):
+        train_stack(cfgs, store=stopped, on_round=nap_then_stop)
+    (ckpt,) = _checkpoints(stopped)
+    saved = torch.load(ckpt, weights_only=False)
+    assert 0 < saved["cpu_s"] < saved["wall_s"]
+    train_stack(cfgs, store=stopped, on_round=nap)
+    meta = Store(stopped).get(key).meta
+    assert meta["cpu_s"] > saved["cpu_s"] and meta["wall_s"] - meta["cpu_s"] >= 1.6
+
+    older = tmp_path / "older"  # a checkpoint saved before checkpoints recorded CPU time
+    with pytest.raises(_Stop):
+        train_stack(cfgs, store=older, on_round=_stop_after(2))
+    (ckpt,) = _checkpoints(older)
+    state = torch.load(ckpt, weights_only=False)
+    del state["cpu_s"]
+    torch.save(state, ckpt)
+    train_stack(cfgs, store=older)
+    meta = Store(older).get(key).meta
+    assert meta["cpu_s"] is None and meta["resumed_after"] == 2 and meta["wall_s"] > 0

@@ -75,6 +75,10 @@ class Checkpoint:
         self.started = time.perf_counter()
         self.last = self.started
         self.wall_before = 0.0  # seconds the stack trained before this process resumed it
+        # the same in CPU seconds of its process, which a stopped process (SIGSTOP) does not
+        # spend; None: resumed from a checkpoint saved before checkpoints recorded it
+        self.cpu_started = time.process_time()
+        self.cpu_before: float | None = 0.0
         self.resumed_at = 0  # the round it resumed after (0: it started afresh)
 
     def load(self, device) -> dict | None:
@@ -104,6 +108,7 @@ class Checkpoint:
                           "the stack trains from round 1", stacklevel=2)  # fmt: skip
             return None
         self.wall_before, self.resumed_at = float(state["wall_s"]), int(state["round"])
+        self.cpu_before = None if state.get("cpu_s") is None else float(state["cpu_s"])
         return state
 
     def due(self) -> bool:
@@ -116,7 +121,8 @@ class Checkpoint:
         import torch
 
         now = time.perf_counter()
-        state = dict(state, keys=self.keys, wall_s=self.wall_before + now - self.started)
+        cpu = None if self.cpu_before is None else self.cpu_before + time.process_time() - self.cpu_started
+        state = dict(state, keys=self.keys, wall_s=self.wall_before + now - self.started, cpu_s=cpu)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".tmp-{self.path.stem}-{os.getpid()}.pt")
         with open(tmp, "wb") as f:

@@ -147,7 +147,7 @@ def run(
     _check_may_train(cfg, store)
     if cfg.engine == "fast":  # a stack of one configuration, checkpointed like any other
         return _run_batch([cfg], st, data, data_root, progress)[0]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data, (start,) = _warm_starts([cfg], store, data, data_root, progress)
     data = load_data(cfg, data, data_root)
     plan = make_plan(cfg, data, start)
@@ -163,7 +163,7 @@ def run(
     finally:
         if bar is not None:
             bar.close()
-    return _finish(cfg, plan, raw, time.perf_counter() - t0, st)
+    return _finish(cfg, plan, raw, time.perf_counter() - t0, st, cpu_s=time.process_time() - c0)
 
 
 def _checkpoint(cfgs: list[Config], st):
@@ -348,7 +348,7 @@ class _RoundHook:
 
 def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None) -> list[Result]:
     ckpt = _checkpoint(cfgs, st)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data, starts = _warm_starts(cfgs, None if st is None else st.path, data, data_root, progress)
     data_sub = load_data(cfgs[0], data, data_root)
     plans = [make_plan(c, data_sub, w) for c, w in zip(cfgs, starts)]
@@ -369,6 +369,8 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None)
         if bar is not None:
             bar.close()
     wall = (time.perf_counter() - t0 + (0.0 if ckpt is None else ckpt.wall_before)) / len(cfgs)
+    cpu_before = 0.0 if ckpt is None else ckpt.cpu_before  # None: resumed from a checkpoint without it
+    cpu = None if cpu_before is None else (time.process_time() - c0 + cpu_before) / len(cfgs)
     results, start = [], 0
     for c, pl in zip(cfgs, plans):
         sl = slice(start, start + c.repeats)
@@ -380,7 +382,7 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None)
                 "excluded": raw["aggregation"].excluded_frame(range(sl.start, sl.stop)),
                 "model": None if raw["model"] is None else {kk: v[sl] for kk, v in raw["model"].items()}}  # fmt: skip
         resumed = {} if ckpt is None else {"resumed_after": ckpt.resumed_at}
-        results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs), **resumed))
+        results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs), cpu_s=cpu, **resumed))
     if ckpt is not None:
         ckpt.remove()
     return results
