@@ -129,3 +129,24 @@ def test_client_state_tally_names_a_mode_only_when_the_decided_cells_lean_clearl
     few = _tally(frame(["b"] * 4 + ["–"] * 3), "a", "b", "x")  # 4 decided cells: too few
     assert "of the 4 cells" in few and few.endswith("do not yet say which mode the paper's numbers follow.")
     assert _tally(frame(["–"] * 3), "a", "b", "x") == "No cell is computed in both modes yet."
+
+
+def test_last_round_finding_is_judged_against_the_noise_of_its_runs():
+    """Table 4's finding (a malicious participant in the last round lowers the final source
+    recall) is held only when the two categories differ beyond the 95% CI of their difference,
+    turns when they differ the other way, and is left undecided, saying why, when the runs
+    cannot tell: the difference is within the noise, or one side has a single run."""
+    from flcore.studies.report import _lower_verdict, welch_ci95
+
+    def row(values):
+        v = pd.Series(values, dtype=float)
+        return pd.Series({"mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else np.nan, "runs": len(v)})
+
+    assert _lower_verdict(row([60, 62, 61]), row([80, 81, 79])).startswith("held (61.0% over 3 runs vs 80.0% over 3;")
+    assert _lower_verdict(row([80, 81, 79]), row([60, 62, 61])).startswith("NOT held: the opposite")
+    assert _lower_verdict(row([60, 90, 75]), row([70, 85, 80])).startswith("not judged: the difference is within")
+    single = _lower_verdict(row([60]), row([80, 81]))
+    assert single.startswith("not judged: 60.0% over 1 run vs 80.5% over 2, +20.5 pp, the paper's direction")
+    half = welch_ci95(1.0, 3, 1.0, 3)  # equal spreads: Student's t with 4 degrees of freedom
+    assert half == pytest.approx(2.776445 * np.sqrt(2 / 3), rel=1e-5)
+    assert welch_ci95(0.0, 2, 0.0, 2) == 0.0 and np.isnan(welch_ci95(1.0, 1, 1.0, 3))

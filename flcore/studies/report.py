@@ -198,8 +198,7 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
             a, b = g.loc["malicious_in_PR"], g.loc["none_in_PR"]
             if a["runs"] and b["runs"]:
                 out.append(f"A malicious participant in the last round lowers the final source recall ({s}→{t}): "
-                           f"{'held' if a['mean'] < b['mean'] else 'NOT held'} ({a['mean']:.1f}% over "
-                           f"{int(a['runs'])} runs vs {b['mean']:.1f}% over {int(b['runs'])}).")  # fmt: skip
+                           + _lower_verdict(a, b))  # fmt: skip
     if timing_rounds is not None and len(timing_rounds):
         summ = ex.timing_summary(timing_rounds, break_round)
         for (s, t), g in summ.groupby(["src", "tgt"]):
@@ -211,6 +210,41 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
                            f"{'held' if gap_e < gap_l else 'NOT held'} (final-round gap after early "
                            f"poisoning {gap_e:+.1f} pp; mean gap after the break with late poisoning {gap_l:+.1f} pp).")  # fmt: skip
     return out
+
+
+def _lower_verdict(a, b) -> str:
+    """Whether Table 4 row `a` (a malicious participant in the last round) is below row `b`
+    (none) beyond the 95% CI of their difference (Welch: different repeats on each side);
+    undecided where the runs cannot tell, and said so."""
+    na, nb = int(a["runs"]), int(b["runs"])
+    diff = float(b["mean"] - a["mean"])
+    half = welch_ci95(float(a["std"]), na, float(b["std"]), nb)
+    runs = f"{a['mean']:.1f}% over {na} run{'s' * (na != 1)} vs {b['mean']:.1f}% over {nb}"
+    if not np.isfinite(half):
+        way = "the paper's direction" if diff > 0 else "against the paper's direction"
+        return (f"not judged: {runs}, {diff:+.1f} pp, {way}, but a side with a single run has no "
+                "interval (more repeats decide it).")  # fmt: skip
+    gap = f"{runs}; difference {diff:+.1f} ± {half:.1f} pp (95% CI)"
+    if diff > half:
+        return f"held ({gap})."
+    if diff < -half:
+        return f"NOT held: the opposite, beyond the noise ({gap})."
+    return f"not judged: the difference is within the noise ({gap})."
+
+
+def welch_ci95(sd_a: float, n_a: int, sd_b: float, n_b: int) -> float:
+    """Half-width of the 95% confidence interval of a difference of two means of independent
+    runs (Welch's t, unequal variances); nan with fewer than 2 runs on either side, 0 where
+    neither side varies."""
+    if n_a < 2 or n_b < 2 or not (np.isfinite(sd_a) and np.isfinite(sd_b)):
+        return math.nan
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    if va + vb == 0:
+        return 0.0
+    from scipy import stats
+
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return float(stats.t.ppf(0.975, df) * math.sqrt(va + vb))
 
 
 def availability_findings(av, clean, break_round: int) -> list[str]:
