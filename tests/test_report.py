@@ -150,3 +150,30 @@ def test_last_round_finding_is_judged_against_the_noise_of_its_runs():
     half = welch_ci95(1.0, 3, 1.0, 3)  # equal spreads: Student's t with 4 degrees of freedom
     assert half == pytest.approx(2.776445 * np.sqrt(2 / 3), rel=1e-5)
     assert welch_ci95(0.0, 2, 0.0, 2) == 0.0 and np.isnan(welch_ci95(1.0, 1, 1.0, 3))
+
+
+def test_timing_finding_is_paired_by_repeat_and_judged_against_noise():
+    """Early poisoning forgotten, late poisoning not: late poisoning's mean gap after the break
+    minus early poisoning's final-round gap, paired by repeat; held beyond its 95% CI, turned
+    beyond it the other way, not judged within it."""
+    from flcore.studies.report import findings
+
+    def rounds(late_drop, early_drop):
+        rows = []
+        for st, j, r in itertools.product(("none", "early", "late"), range(3), range(1, 7)):
+            v = 80.0 + j
+            if st == "late" and r >= BREAK:
+                v -= late_drop(j)
+            if st == "early" and r == 6:
+                v -= early_drop(j)
+            rows.append({"dataset": "fmnist", "src": 4, "tgt": 6, "setting": st, "repeat": j, "round": r,
+                         "source_recall": v})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def line(frame):
+        return _line(findings(None, None, None, frame, BREAK), "Early poisoning is forgotten")
+
+    held = line(rounds(lambda j: 10.0 + j, lambda j: 0.0))
+    assert "): held (" in held and "late minus early +11.0 ± " in held and "over 3 paired repeats" in held
+    assert "NOT held: the opposite" in line(rounds(lambda j: 0.0, lambda j: 10.0 + j))
+    assert "not judged: the difference is within the noise" in line(rounds(lambda j: (-20.0, 0.0, 26.0)[j], lambda j: 0.0))

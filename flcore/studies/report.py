@@ -206,10 +206,39 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
             if {"none", "early", "late"} <= set(g.index):
                 gap_e = g.loc["none", "final"] - g.loc["early", "final"]
                 gap_l = g.loc["none", "mean_after_break"] - g.loc["late", "mean_after_break"]
+                rounds = timing_rounds[(timing_rounds["src"] == s) & (timing_rounds["tgt"] == t)]
+                d = _timing_gap_differences(rounds, break_round)
+                quoted = (f"final-round gap after early poisoning {gap_e:+.1f} pp; mean gap after the break "
+                          f"with late poisoning {gap_l:+.1f} pp")  # fmt: skip
                 out.append(f"Early poisoning is forgotten, late poisoning is not ({s}→{t}): "
-                           f"{'held' if gap_e < gap_l else 'NOT held'} (final-round gap after early "
-                           f"poisoning {gap_e:+.1f} pp; mean gap after the break with late poisoning {gap_l:+.1f} pp).")  # fmt: skip
+                           + _paired_verdict(d, quoted))  # fmt: skip
     return out
+
+
+def _timing_gap_differences(rounds: pd.DataFrame, break_round: int) -> np.ndarray:
+    """Per repeat j present in all three settings (repeat j of each shares partition, initial
+    weights, selection and batches): late poisoning's mean gap to the non-poisoned run after
+    the break minus early poisoning's final-round gap."""
+    last = rounds["round"].max()
+    after = rounds[rounds["round"] >= break_round].groupby(["setting", "repeat"])["source_recall"].mean()
+    final = rounds[rounds["round"] == last].groupby(["setting", "repeat"])["source_recall"].mean()
+    reps = sorted(set.intersection(*(set(final[st].index) & set(after[st].index) for st in ("none", "early", "late"))))
+    return np.array([(after["none", j] - after["late", j]) - (final["none", j] - final["early", j]) for j in reps])
+
+
+def _paired_verdict(d: np.ndarray, quoted: str) -> str:
+    """Held where the paired differences `d` are positive beyond their 95% CI, NOT held where
+    negative beyond it, else not judged; `quoted`: the means the finding rests on."""
+    n = len(d)
+    if n < 2:
+        return f"not judged: {n} paired run{'s' * (n != 1)}, no interval ({quoted})."
+    mean, half = float(d.mean()), ci95(float(d.std(ddof=1)), n)
+    gap = f"{quoted}; late minus early {mean:+.1f} ± {half:.1f} pp, 95% CI over {n} paired repeats"
+    if mean > half:
+        return f"held ({gap})."
+    if mean < -half:
+        return f"NOT held: the opposite, beyond the noise ({gap})."
+    return f"not judged: the difference is within the noise ({gap})."
 
 
 def _lower_verdict(a, b) -> str:
