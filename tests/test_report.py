@@ -177,3 +177,17 @@ def test_timing_finding_is_paired_by_repeat_and_judged_against_noise():
     assert "): held (" in held and "late minus early +11.0 ± " in held and "over 3 paired repeats" in held
     assert "NOT held: the opposite" in line(rounds(lambda j: 0.0, lambda j: 10.0 + j))
     assert "not judged: the difference is within the noise" in line(rounds(lambda j: (-20.0, 0.0, 26.0)[j], lambda j: 0.0))
+
+
+def test_loss_growing_with_m_is_judged_by_rank_correlation_over_the_runs():
+    from flcore.studies.report import _trend_verdict
+
+    m = np.repeat([0.02, 0.1, 0.3, 0.5], 3)
+    rng = np.random.default_rng(0)
+    grows = 100 * m + rng.normal(0, 2, len(m))
+    assert _trend_verdict(m, grows)[0] == "held" and "over the 12 runs +" in _trend_verdict(m, grows)[1]
+    assert _trend_verdict(m, -grows)[0] == "NOT held"
+    flat = np.array([5.0, 40.0, 1.0, 30.0, 2.0, 9.0, 35.0, 3.0, 8.0, 4.0, 33.0, 6.0])  # no trend in m
+    assert _trend_verdict(m, flat)[0] == "not judged (no significant trend)"
+    assert _trend_verdict(m[:3], grows[:3])[0] == "not judged"
+    assert _trend_verdict(m, np.full(len(m), 4.0)) == ("not judged", "the 12 runs lose the same: no rank correlation")

@@ -174,16 +174,18 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
     availability findings: `availability_findings`)."""
     out = []
     if t2 is not None and len(t2):
+        per_run = ex.table2_per_repeat(final)
         for (s, t), g in t2.sort_values("m").groupby(["src", "tgt"]):
             if len(g) < 2:
                 continue
             lo, hi = g.iloc[0], g.iloc[-1]
-            held = hi["mean"] > lo["mean"]
             steps = np.diff(g["mean"].to_numpy())
-            out.append(f"Source-recall loss grows with m ({s}→{t}): {'held' if held else 'NOT held'}: "
+            runs = per_run[(per_run["src"] == s) & (per_run["tgt"] == t)].dropna(subset=["loss"])
+            verdict_, trend = _trend_verdict(runs["m"].to_numpy(), runs["loss"].to_numpy())
+            out.append(f"Source-recall loss grows with m ({s}→{t}): {verdict_}: "
                        f"{lo['mean']:.1f} pp at m={100 * lo['m']:g}% vs {hi['mean']:.1f} pp at m={100 * hi['m']:g}% "
                        f"(final round; it grows at {int((steps > 0).sum())} of {len(steps)} steps between "
-                       "consecutive values of m).")  # fmt: skip
+                       f"consecutive values of m; {trend}).")  # fmt: skip
     if final is not None and (final["m"] > 0).any() and (final["m"] == 0).any():
         j = ex._with_baseline(final)
         dacc = (j["accuracy_clean"] - j["accuracy"]).mean()
@@ -213,6 +215,25 @@ def findings(final, t2, late, timing_rounds, break_round) -> list[str]:
                 out.append(f"Early poisoning is forgotten, late poisoning is not ({s}→{t}): "
                            + _paired_verdict(d, quoted))  # fmt: skip
     return out
+
+
+def _trend_verdict(m: np.ndarray, loss: np.ndarray) -> tuple[str, str]:
+    """Whether `loss` grows with `m` over the individual runs: Spearman's rank correlation,
+    held where it is positive at p < 0.05 (two-sided), NOT held where negative so, else not
+    judged; and the statistic quoted."""
+    if len(loss) < 4 or len(np.unique(m)) < 2:
+        return "not judged", f"{len(loss)} runs: too few for a rank correlation"
+    if np.ptp(loss) == 0:
+        return "not judged", f"the {len(loss)} runs lose the same: no rank correlation"
+    from scipy import stats
+
+    rho, p = stats.spearmanr(m, loss)
+    trend = f"Spearman's rho over the {len(loss)} runs {rho:+.2f}, p = {p:.2g}"
+    if not np.isfinite(rho):
+        return "not judged", trend
+    if p < 0.05:
+        return ("held" if rho > 0 else "NOT held"), trend
+    return "not judged (no significant trend)", trend
 
 
 def _timing_gap_differences(rounds: pd.DataFrame, break_round: int) -> np.ndarray:
