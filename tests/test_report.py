@@ -191,3 +191,18 @@ def test_loss_growing_with_m_is_judged_by_rank_correlation_over_the_runs():
     assert _trend_verdict(m, flat)[0] == "not judged (no significant trend)"
     assert _trend_verdict(m[:3], grows[:3])[0] == "not judged"
     assert _trend_verdict(m, np.full(len(m), 4.0)) == ("not judged", "the 12 runs lose the same: no rank correlation")
+
+
+def test_a_verdict_says_when_its_interval_cannot_tell_the_paper_from_no_effect():
+    from flcore.studies.report import _verdict_counts, verdict
+
+    assert verdict(35.4, 114.4, 42.0, 3, null=0.0).endswith("but so is no effect: too few runs to tell them apart")
+    assert verdict(45.1, 7.0, 42.0, 3, null=0.0) == "paper inside our 95% CI"
+    assert verdict(0.2, 0.6, 0.12, 3, null=0.0) == "paper inside our 95% CI"  # the paper's own number is ~0
+    assert verdict(35.4, 114.4, 42.0, 3) == "paper inside our 95% CI"  # no null given (a recall, say)
+    assert verdict(8.0, 14.6, 45.4, 3, null=0.0).startswith("off by -37.4 pp")
+    col = pd.Series([verdict(35.4, 114.4, 42.0, 3, null=0.0), verdict(45.1, 7.0, 42.0, 3, null=0.0),
+                     verdict(8.0, 14.6, 45.4, 3, null=0.0), verdict(3.0, float("nan"), 5.0, 1, null=0.0),
+                     "not computed yet"])  # fmt: skip
+    assert _verdict_counts(col, "x") == ("on x: the paper inside our 95% CI in 2 of 4 cells (1 of them with no "
+                                         "effect inside it too), off in 1, 1 without an interval")

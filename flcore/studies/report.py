@@ -53,7 +53,10 @@ def ci95(std: float, n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
-def verdict(mean: float, half: float, paper: float, runs: int) -> str:
+def verdict(mean: float, half: float, paper: float, runs: int, null: float | None = None) -> str:
+    """Our mean (± `half`, the 95% CI over `runs`) against the paper's number. `null`: the value
+    of no effect (0 for a loss or a change), where there is one: when the interval holds both
+    the paper's number and no effect, the verdict says that the runs cannot tell them apart."""
     if runs == 0 or not np.isfinite(mean):
         return "not computed yet"
     if not np.isfinite(paper):
@@ -61,6 +64,8 @@ def verdict(mean: float, half: float, paper: float, runs: int) -> str:
     if not np.isfinite(half):
         return f"{runs} run: no interval; {mean - paper:+.1f} pp from the paper"
     if abs(mean - paper) <= half:
+        if null is not None and abs(mean - null) <= half and abs(paper - null) > 1.0:
+            return "paper inside our 95% CI, but so is no effect: too few runs to tell them apart"
         return "paper inside our 95% CI"
     return f"off by {mean - paper:+.1f} pp ({abs(mean - paper) - half:.1f} pp beyond our CI)"
 
@@ -126,10 +131,29 @@ def table2_section(final: pd.DataFrame | None, pairs, last: int = 20) -> tuple[s
         lh = ci95(ls, ln)
         rows.append({"pair": f"{r.src}→{r.tgt}", "m": f"{100 * r.m:g}%", "paper": _fmt(r.loss, 2),
                      "ours (final round)": _fmt(mean), "95% CI": f"± {_fmt(half)}", "runs": n,
-                     "verdict": verdict(mean, half, r.loss, n),
+                     "verdict": verdict(mean, half, r.loss, n, null=0.0),
                      f"ours (last {last} rounds)": _fmt(lm), "95% CI ": f"± {_fmt(lh)}",
-                     f"verdict (last {last})": verdict(lm, lh, r.loss, ln)})  # fmt: skip
-    return _md(pd.DataFrame(rows)), t2
+                     f"verdict (last {last})": verdict(lm, lh, r.loss, ln, null=0.0)})  # fmt: skip
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return _md(df), t2
+    counts = [_verdict_counts(df["verdict"], "the final round"),
+              _verdict_counts(df[f"verdict (last {last})"], f"the last {last} rounds")]
+    return _md(df) + "\n\nVerdicts, " + "; ".join(c for c in counts if c) + ".", t2
+
+
+def _verdict_counts(verdicts: pd.Series, what: str) -> str:
+    """'on <what>: a of n cells ...' from a column of `verdict` strings."""
+    done = verdicts[verdicts != "not computed yet"]
+    if not len(done):
+        return ""
+    inside = done.str.startswith("paper inside")
+    untold = done.str.contains("so is no effect")
+    off = done.str.startswith("off by")
+    return (f"on {what}: the paper inside our 95% CI in {int(inside.sum())} of {len(done)} cells "
+            f"({int(untold.sum())} of them with no effect inside it too), off in {int(off.sum())}"
+            + (f", {len(done) - int(inside.sum()) - int(off.sum())} without an interval"
+               if len(done) > int(inside.sum()) + int(off.sum()) else ""))
 
 
 def table3_section(final: pd.DataFrame | None, m: float) -> str:
@@ -146,7 +170,8 @@ def table3_section(final: pd.DataFrame | None, m: float) -> str:
             mean, std, n = _stats(_row(t3, r.src, r.tgt, setting=setting))
             half = ci95(std, n)
             rows.append({"pair": f"{r.src}→{r.tgt}", "change of": lab, "paper": _fmt(p, 2), "ours": _fmt(mean, 2),
-                         "95% CI": f"± {_fmt(half, 2)}", "runs": n, "verdict": verdict(mean, half, p, n)})  # fmt: skip
+                         "95% CI": f"± {_fmt(half, 2)}", "runs": n,
+                         "verdict": verdict(mean, half, p, n, null=0.0)})  # fmt: skip
     return _md(pd.DataFrame(rows))
 
 
