@@ -109,26 +109,30 @@ def test_defense_findings_quote_the_runs_and_turn_with_the_threshold(tmp_path):
     assert defense_findings([], 1) == [] and defense_findings([None], 1) == []
 
 
-def test_client_state_tally_names_a_mode_only_when_the_decided_cells_lean_clearly():
-    """The comparison's summary counts only cells where the modes differ beyond the paired
-    interval, gives each mode's mean distance to the paper, and names the mode the paper follows
-    only when at least 5 cells are decided and one mode wins at least twice as many plus 3."""
+def test_client_state_tally_names_a_mode_only_when_its_distance_to_the_paper_is_smaller_beyond_noise():
+    """The comparison's summary counts the cells the paired interval decides, gives each mode's
+    mean distance to the paper, and names the mode the paper follows only when, over at least
+    5 cells, the mean difference of the two distances has a 95% CI that excludes 0."""
     from flcore.studies.report import _tally
 
-    def frame(verdicts):
-        rows = [{"closer": v, "_a": 10.0, "_b": 14.0, "_paper": 12.5} for v in verdicts]
+    def frame(pairs, verdicts=None):
+        rows = [{"closer": (verdicts or ["no difference"] * len(pairs))[i], "_a": a, "_b": b, "_paper": 10.0}
+                for i, (a, b) in enumerate(pairs)]  # fmt: skip
         return pd.DataFrame(rows)
 
-    clear = _tally(frame(["b"] * 7 + ["a"] * 2 + ["no difference"] * 4), "a", "b", "x")
-    assert "of the 13 cells computed in both modes, the two differ beyond the paired 95% CI in 9" in clear
-    assert "a is closer to the paper in 2 and b in 7; in the other 4" in clear
-    assert "2.5 for a and 1.5 for b" in clear
+    b_closer = [(20.0, 11.0), (0.0, 9.0), (22.0, 12.0), (-1.0, 8.0), (21.0, 10.5), (19.0, 9.5)]
+    clear = _tally(frame(b_closer, ["b", "b", "no difference", "b", "a", "no difference"]), "a", "b", "x")
+    assert "of the 6 cells computed in both modes, the two differ beyond the paired 95% CI in 4" in clear
+    assert "a is closer to the paper in 1 and b in 3; in the other 2" in clear
+    assert "The mean distance to the paper is 10.5 for a and 1.2 for b" in clear
+    assert "a's distance minus b's, over the cells: +9.3 ± 0.8 pp" in clear and "(95% CI, 6 cells)" in clear
     assert clear.endswith("So far the paper's numbers follow b.")
-    close = _tally(frame(["b"] * 6 + ["a"] * 2 + ["no difference"] * 4), "a", "b", "x")  # 6 < 2 * 2 + 3
-    assert close.endswith("These runs do not yet say which mode the paper's numbers follow.")
-    few = _tally(frame(["b"] * 4 + ["–"] * 3), "a", "b", "x")  # 4 decided cells: too few
-    assert "of the 4 cells" in few and few.endswith("do not yet say which mode the paper's numbers follow.")
-    assert _tally(frame(["–"] * 3), "a", "b", "x") == "No cell is computed in both modes yet."
+    mixed = [(20.0, 11.0), (11.0, 20.0), (0.0, 9.0), (9.0, 0.0), (15.0, 14.0), (14.0, 15.0)]
+    assert _tally(frame(mixed), "a", "b", "x").endswith("These runs do not yet say which mode the paper's numbers follow.")
+    few = _tally(frame(b_closer[:4]), "a", "b", "x")  # 4 cells: too few to name a mode
+    assert "(95% CI, 4 cells)" in few and few.endswith("do not yet say which mode the paper's numbers follow.")
+    empty = frame(b_closer[:2], ["–", "–"])
+    assert _tally(empty, "a", "b", "x") == "No cell is computed in both modes yet."
 
 
 def test_last_round_finding_is_judged_against_the_noise_of_its_runs():
