@@ -279,12 +279,18 @@ def _paired_verdict(d: np.ndarray, quoted: str) -> str:
     if n < 2:
         return f"not judged: {n} paired run{'s' * (n != 1)}, no interval ({quoted})."
     mean, half = float(d.mean()), ci95(float(d.std(ddof=1)), n)
-    gap = f"{quoted}; late minus early {mean:+.1f} ± {half:.1f} pp, 95% CI over {n} paired repeats"
-    if mean > half:
-        return f"held ({gap})."
-    if mean < -half:
-        return f"NOT held: the opposite, beyond the noise ({gap})."
-    return f"not judged: the difference is within the noise ({gap})."
+    return _beyond_noise(mean, half, f"{quoted}; late minus early {mean:+.1f} ± {half:.1f} pp, 95% CI over "
+                                     f"{n} paired repeats")  # fmt: skip
+
+
+def _beyond_noise(diff: float, half: float, detail: str) -> str:
+    """A finding's verdict from a difference that should be positive and its 95% CI half-width:
+    held beyond the interval, NOT held beyond it the other way, else not judged."""
+    if diff > half:
+        return f"held ({detail})."
+    if diff < -half:
+        return f"NOT held: the opposite, beyond the noise ({detail})."
+    return f"not judged: the difference is within the noise ({detail})."
 
 
 def _lower_verdict(a, b) -> str:
@@ -299,12 +305,7 @@ def _lower_verdict(a, b) -> str:
         way = "the paper's direction" if diff > 0 else "against the paper's direction"
         return (f"not judged: {runs}, {diff:+.1f} pp, {way}, but a side with a single run has no "
                 "interval (more repeats decide it).")  # fmt: skip
-    gap = f"{runs}; difference {diff:+.1f} ± {half:.1f} pp (95% CI)"
-    if diff > half:
-        return f"held ({gap})."
-    if diff < -half:
-        return f"NOT held: the opposite, beyond the noise ({gap})."
-    return f"not judged: the difference is within the noise ({gap})."
+    return _beyond_noise(diff, half, f"{runs}; difference {diff:+.1f} ± {half:.1f} pp (95% CI)")
 
 
 def welch_ci95(sd_a: float, n_a: int, sd_b: float, n_b: int) -> float:
