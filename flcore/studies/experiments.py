@@ -645,7 +645,9 @@ def table2_per_repeat(final: pd.DataFrame) -> pd.DataFrame:
         base = final[final["m"] == 0][["dataset", "src", "tgt", "repeat", "source_recall_last"]]
         jl = final[final["m"] > 0].merge(base, on=["dataset", "src", "tgt", "repeat"], suffixes=("", "_clean"))
         jl["loss_last"] = source_recall_loss(jl["source_recall_last_clean"], jl["source_recall_last"])
-        j = j.merge(jl[keys + ["loss_last"]], on=keys, how="left")
+        # one run per key on both sides (validate): a frame with two runs of one key fails here
+        # instead of pairing them crosswise
+        j = j.merge(jl[keys + ["loss_last"]], on=keys, how="left", validate="1:1")
     return j
 
 
