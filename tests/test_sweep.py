@@ -235,3 +235,22 @@ def test_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
         # the worker has them (Dask's choice, kept): the variables really were set here
         assert client.submit(os.environ.get, "OMP_NUM_THREADS", pure=False).result() == "1"
     assert dict(os.environ) == before, {n: os.environ.get(n) for n in names}
+
+
+def test_local_cluster_starts_beside_another_on_the_dashboard_port():
+    """Two computes on one machine (a background compute and a sweep, say) each start a
+    LocalCluster; Dask's default dashboard port 8787 would then be taken for the second, which
+    warns. `_client` asks for a free port instead: with 8787 held, no warning and a cluster that
+    computes."""
+    import socket
+    import warnings
+
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", 8787))
+        except OSError:
+            pass  # already held by another process: the same situation
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*already in use")  # Dask's "Port 8787 is already in use"
+            with S._client(None, 1) as client:
+                assert client.submit(sum, [1, 2], pure=False).result() == 3

@@ -558,9 +558,11 @@ class _client:
         if self.address:
             self.client = Client(self.address)
         else:
+            # dashboard on a free port (":0"): a second compute on the same machine then finds
+            # no port taken (the dashboard itself is served only where bokeh is installed)
             self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1,
                                         processes=True, host="127.0.0.1",
-                                        dashboard_address=None)  # fmt: skip
+                                        dashboard_address=":0")  # fmt: skip
             self.client = Client(self.cluster)
         return self.client
 
