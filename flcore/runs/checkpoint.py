@@ -15,8 +15,9 @@ excluded, each federation's defense and rule state). Every random draw is keyed 
 (flcore.sim.plan), so a resumed stack gives the numbers of one that never stopped; a test pins
 this bit for bit.
 
-The stack id is a hash of its members' store keys, in stack order, so a checkpoint is only
-ever resumed by the same configurations, on the same device kind and precision, with the same
+The stack id is a hash of its members' store keys, in stack order (and, for a stack that
+extends stored runs by more repeats, the first repeat each member trains), so a checkpoint is
+only ever resumed by the same configurations training the same federations, on the same device kind and precision, with the same
 flcore and numerics versions: code that changes the numbers starts afresh. The file is written
 to a temporary name, fsynced and renamed, so a kill while saving leaves the previous
 checkpoint (and a temporary file, removed by the next training of that stack once it is an
@@ -60,17 +61,24 @@ def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.glob("*.pt") if not p.name.startswith(".")) if folder.is_dir() else []
 
 
-def stack_id(keys: list[str]) -> str:
-    """The id of a stack whose members have these store keys, in stack order."""
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:40]
+def stack_id(keys: list[str], first: list[int] | None = None) -> str:
+    """The id of a stack whose members have these store keys, in stack order; `first`: the
+    first repeat each member trains (all 0, or None: every repeat; the id of such a stack is
+    the hash of its keys alone, as before extensions existed)."""
+    text = "\n".join(keys)
+    if first is not None and any(first):
+        text += "\nfirst repeats " + ",".join(str(int(r)) for r in first)
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 class Checkpoint:
     """The checkpoint file of one stack (see the module docstring); the engine's `checkpoint=`."""
 
-    def __init__(self, store_path: str | os.PathLike, keys: list[str], every: float | None = None) -> None:
+    def __init__(self, store_path: str | os.PathLike, keys: list[str], every: float | None = None,
+                 first: list[int] | None = None) -> None:  # fmt: skip
         self.keys = list(keys)
-        self.path = Path(store_path) / CHECKPOINT_DIR / f"{stack_id(self.keys)}.pt"
+        self.first = [int(r) for r in first] if first is not None and any(first) else None
+        self.path = Path(store_path) / CHECKPOINT_DIR / f"{stack_id(self.keys, self.first)}.pt"
         self.every = every_s() if every is None else float(every)
         self.started = time.perf_counter()
         self.last = self.started
@@ -98,6 +106,8 @@ class Checkpoint:
             state = torch.load(self.path, map_location=device, weights_only=False)
             if state.get("keys") != self.keys:
                 raise ValueError("it belongs to other configurations")
+            if state.get("first") != self.first:
+                raise ValueError("it trains other repeats of these configurations")
         except Exception as exc:  # a damaged file must not stop the training: start afresh
             aside = self.path.with_suffix(f".unreadable-{int(time.time())}")
             try:
@@ -122,7 +132,7 @@ class Checkpoint:
 
         now = time.perf_counter()
         cpu = None if self.cpu_before is None else self.cpu_before + time.process_time() - self.cpu_started
-        state = dict(state, keys=self.keys, wall_s=self.wall_before + now - self.started, cpu_s=cpu)
+        state = dict(state, keys=self.keys, first=self.first, wall_s=self.wall_before + now - self.started, cpu_s=cpu)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".tmp-{self.path.stem}-{os.getpid()}.pt")
         with open(tmp, "wb") as f:

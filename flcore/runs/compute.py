@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flcore.config import Config
-from flcore.runs.runner import batches, pretrain_config, resolved, store_key
+from flcore.runs.runner import batches, prefix_repeats, pretrain_config, resolved, store_key
 
 __all__ = ["Plan", "compute", "experiment_rounds", "plan"]
 
@@ -46,6 +46,16 @@ class Plan:
     stored: list[Config] = field(default_factory=list)
     warmups: list[Config] = field(default_factory=list)  # clean warm-ups to train first
     stacks: list[list[Config]] = field(default_factory=list)  # pending configs, as trained
+    # store key -> repeats a stored run of the same config with fewer repeats already holds:
+    # only the others train (flcore.runs.runner.prefix_repeats)
+    extends: dict[str, int] = field(default_factory=dict)
+
+    def to_train(self, cfg: Config) -> int:
+        """The federations `cfg` trains: its repeats, less those a stored shorter run holds."""
+        return cfg.repeats - self.extends.get(store_key(cfg), 0)
+
+    def rounds_to_train(self, cfg: Config) -> int:
+        return cfg.rounds * self.to_train(cfg)
 
     @property
     def pending(self) -> list[Config]:
@@ -64,7 +74,7 @@ class Plan:
     @property
     def pending_rounds(self) -> int:
         """The work left: the warm-ups and every stack with a configuration missing."""
-        return sum(experiment_rounds(c) for c in self.warmups + [c for s in self.stacks for c in s])
+        return sum(self.rounds_to_train(c) for c in self.warmups + [c for s in self.stacks for c in s])
 
 
 def plan(configs, store="results", max_federations: int | None = None) -> Plan:
@@ -96,7 +106,10 @@ def plan(configs, store="results", max_federations: int | None = None) -> Plan:
         if st.get(key) is not None:
             out.stored.append(cfg)
             stored.add(key)
-    for stack in batches(out.configs, max_federations):
+        elif prefix_repeats(cfg, st):
+            out.extends[key] = prefix_repeats(cfg, st)
+    todo = {k: next(c.repeats for c in out.configs if store_key(c) == k) - r for k, r in out.extends.items()}
+    for stack in batches(out.configs, max_federations, todo):
         if all(store_key(c) in stored for c in stack):
             continue
         out.stacks.append(stack)
@@ -194,7 +207,7 @@ def compute(configs, store="results", executor=None, *, threads: int | None = No
                 continue
             credit = _Credit(bar)
             for stack in wave:
-                credit.expect(_stack_key(stack), sum(experiment_rounds(c) for c in stack))
+                credit.expect(_stack_key(stack), sum(p.rounds_to_train(c) for c in stack))
             if executor is None:
                 for stack in wave:
                     key = _stack_key(stack)
@@ -396,9 +409,9 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
     # one calibration per dataset and settings, at the stack size carrying most of its work
     work: dict[str, dict[int, int]] = {}
     for stack in stacks:
-        G = sum(c.repeats for c in stack)
+        G = sum(p.to_train(c) for c in stack)
         sizes = work.setdefault(_calibration_key(stack[0], 0, threads), {})
-        sizes[G] = sizes.get(G, 0) + sum(experiment_rounds(c) for c in stack)
+        sizes[G] = sizes.get(G, 0) + sum(p.rounds_to_train(c) for c in stack)
     secs_of: list[float] = []
     for stack in stacks:
         lead = stack[0]
@@ -420,13 +433,13 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
         for c in stack:
             n_train = c.n_train if c.n_train is not None else c.spec.train_size
             samples = c.rounds * c.k * (n_train / c.num_participants) * c.local_epochs
-            secs += c.repeats * (samples * cal["train_s"] + _eval_images(c) * cal["eval_s"])
+            secs += p.to_train(c) * (samples * cal["train_s"] + _eval_images(c) * cal["eval_s"])
         total += secs
         secs_of.append(secs)
         label = f"{lead.dataset} {lead.precision}, stacks of {G}"
         rate = per_round.setdefault(label, [0.0, 0])
         rate[0] += secs
-        rate[1] += sum(experiment_rounds(c) for c in stack)
+        rate[1] += sum(p.rounds_to_train(c) for c in stack)
     keep = {k: v for k, v in cache.items() if not v.get("busy")}
     try:
         with open(path + ".tmp", "w") as f:

@@ -12,6 +12,7 @@ import os
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
 from flcore import __version__
@@ -166,14 +167,72 @@ def run(
     return _finish(cfg, plan, raw, time.perf_counter() - t0, st, cpu_s=time.process_time() - c0)
 
 
-def _checkpoint(cfgs: list[Config], st):
+def _checkpoint(cfgs: list[Config], st, first: list[int] | None = None):
     """The mid-training checkpoint of a stack of the fast engine with a store (else None):
-    flcore.runs.checkpoint."""
+    flcore.runs.checkpoint. first: each member's first trained repeat (`stored_prefix`)."""
     if st is None or cfgs[0].engine != "fast":
         return None
     from flcore.runs.checkpoint import Checkpoint
 
-    return Checkpoint(st.path, [store_key(c) for c in cfgs])
+    return Checkpoint(st.path, [store_key(c) for c in cfgs], first=first)
+
+
+def prefix_repeats(cfg: Config, st) -> int:
+    """How many of `cfg`'s repeats a stored run already holds: the most repeats r < cfg.repeats
+    for which the same configuration with `repeats=r` is in the store `st` (0: none, or no
+    store, or the reference engine). Repeat j of a run is the same federation whatever the
+    number of repeats (every random stream is keyed by (seed, j)), so those r repeats are the
+    first r of `cfg`, and only the others need training."""
+    if st is None or cfg.engine != "fast" or cfg.repeats < 2:
+        return 0
+    for r in range(cfg.repeats - 1, 0, -1):
+        if st.has(store_key(cfg.replace(repeats=r))):
+            return r
+    return 0
+
+
+def stored_prefix(cfg: Config, st) -> tuple[int, Result | None]:
+    """(r, the stored run of `cfg` with r repeats) for r = `prefix_repeats(cfg, st)`, read
+    and verified; (0, None) if there is none (or it fails its checksums)."""
+    r = prefix_repeats(cfg, st)
+    if not r:
+        return 0, None
+    short = cfg.replace(repeats=r)
+    hit = st.get(store_key(short))
+    if hit is None:  # damaged, and quarantined by this verifying read
+        return 0, None
+    return r, Result.from_store(short, hit.frames, hit.arrays, hit.meta)
+
+
+def _raw_of(res: Result) -> dict:
+    """A stored run's arrays as the engine returned them (what `_finish` takes)."""
+    cfg, T = res.config, res.config.rounds
+    rounds = res.rounds.sort_values(["repeat", "round"], kind="stable")
+    R = cfg.repeats
+    losses = rounds["train_loss"].to_numpy(np.float64).reshape(R, T)
+    div = rounds["diverged"].to_numpy(bool).reshape(R, T)
+    diverged_at = np.where(div.any(1), div.argmax(1) + 1, T + 1)
+    asr = None
+    if cfg.build_attack().has_trigger:
+        asr = rounds["attack_success"].to_numpy(np.float64).reshape(R, T)[:, res.eval_rounds - 1]
+    return {"confusion": res.confusion, "eval_rounds": res.eval_rounds, "losses": losses,
+            "diverged_at": diverged_at, "updates": res.updates, "attack_success": asr,
+            "excluded": res.excluded, "model": res.model}  # fmt: skip
+
+
+def _extend(first: dict, rest: dict) -> dict:
+    """The raw arrays of repeats 0..r-1 (`first`, a stored run's) followed by those of the
+    repeats trained after them (`rest`)."""
+    out = {"eval_rounds": rest["eval_rounds"]}
+    for name in ("confusion", "losses", "diverged_at", "updates", "attack_success"):
+        a, b = first[name], rest[name]
+        out[name] = None if a is None or b is None else np.concatenate([a, b])
+    frames = [f for f in (first["excluded"], rest["excluded"]) if f is not None]
+    out["excluded"] = (pd.concat(frames, ignore_index=True).sort_values(
+        ["repeat", "round", "participant"], kind="stable").reset_index(drop=True) if frames else None)  # fmt: skip
+    a, b = first["model"], rest["model"]
+    out["model"] = None if a is None or b is None else {k: np.concatenate([a[k], b[k]]) for k in b}
+    return out
 
 
 def _finish(cfg: Config, plan: Plan, raw: dict, wall_s: float, st, **extra_meta) -> Result:
@@ -251,7 +310,8 @@ def run_many(configs, *, store="results", data: Dataset | None = None, data_root
         groups.setdefault(key, {}).setdefault(store_key(cfg), []).append(i)  # duplicates train once
     for members in groups.values():
         idx = [ii[0] for ii in members.values()]
-        for batch in _split(idx, cfgs):
+        todo = {i: cfgs[i].repeats - prefix_repeats(cfgs[i], st) for i in idx}
+        for batch in _split(idx, cfgs, todo=todo):
             for b in batch:
                 _check_may_train(cfgs[b], store)
             results = _run_batch([cfgs[b] for b in batch], st, data, data_root, progress)
@@ -270,18 +330,21 @@ def models_per_federation(cfg: Config) -> int:
     return cfg.k + twins + server
 
 
-def _split(idx: list[int], cfgs: list[Config], cap: int | None = None) -> list[list[int]]:
+def _split(idx: list[int], cfgs: list[Config], cap: int | None = None,
+           todo: dict[int, int] | None = None) -> list[list[int]]:  # fmt: skip
     """One batch group's configs (indices, in order) cut into stacks of at most `cap`
     federations and at most the dataset's bound for the device, `spec.stack_cap(device)` x k
     models (counting each federation's honest twins and server model, `models_per_federation`);
-    a config larger than either is a stack of its own."""
+    a config larger than either is a stack of its own. todo: index -> the federations that
+    config trains, where fewer than its repeats (the others stored, `prefix_repeats`)."""
+    todo = todo or {}
     first = cfgs[idx[0]]
     cap = cap or 10**9
     models_cap = first.spec.stack_cap(first.device) * first.k
     per = models_per_federation(first)  # the same for every config of a batch group
     out, batch, feds = [], [], 0
     for i in idx:
-        r = cfgs[i].repeats
+        r = todo.get(i, cfgs[i].repeats)
         if batch and (feds + r > cap or (feds + r) * per > models_cap):
             out.append(batch)
             batch, feds = [], 0
@@ -292,12 +355,14 @@ def _split(idx: list[int], cfgs: list[Config], cap: int | None = None) -> list[l
     return out
 
 
-def batches(configs: list[Config], max_federations: int | None = None) -> list[list[Config]]:
+def batches(configs: list[Config], max_federations: int | None = None,
+            todo: dict[str, int] | None = None) -> list[list[Config]]:  # fmt: skip
     """How `run_many` trains `configs` (resolved, distinct keys): the stacks it forms, in the
     order it trains them. A config that cannot be batched (reference engine) is a stack of its
     own. `flcore.runs.compute` runs each stack as one task, so the numbers are the same
     whether the stacks run in this process or on a cluster. max_federations: a smaller cap
-    than the dataset's."""
+    than the dataset's. todo: store key -> the federations that config trains, where fewer
+    than its repeats (a stored run holds the first ones, `prefix_repeats`)."""
     groups: dict = {}
     alone: list[list[Config]] = []
     for i, cfg in enumerate(configs):
@@ -306,7 +371,8 @@ def batches(configs: list[Config], max_federations: int | None = None) -> list[l
             alone.append([cfg])
         else:
             groups.setdefault(key, []).append(i)
-    out = [[configs[i] for i in b] for idx in groups.values() for b in _split(idx, configs, max_federations)]
+    sizes = {i: todo[store_key(c)] for i, c in enumerate(configs) if todo and store_key(c) in todo}
+    out = [[configs[i] for i in b] for idx in groups.values() for b in _split(idx, configs, max_federations, sizes)]
     return alone + out
 
 
@@ -347,12 +413,15 @@ class _RoundHook:
 
 
 def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None) -> list[Result]:
-    ckpt = _checkpoint(cfgs, st)
+    # a configuration whose first repeats are stored with fewer repeats trains only the others
+    prefixes = [stored_prefix(c, st) for c in cfgs]
+    first = [r for r, _ in prefixes]
+    ckpt = _checkpoint(cfgs, st, first)
     t0, c0 = time.perf_counter(), time.process_time()
     data, starts = _warm_starts(cfgs, None if st is None else st.path, data, data_root, progress)
     data_sub = load_data(cfgs[0], data, data_root)
     plans = [make_plan(c, data_sub, w) for c, w in zip(cfgs, starts)]
-    feds = [(c, pl, j) for c, pl in zip(cfgs, plans) for j in range(c.repeats)]
+    feds = [(c, pl, j) for c, pl, r0 in zip(cfgs, plans, first) for j in range(r0, c.repeats)]
     lead = cfgs[0].replace(repeats=len(feds))
     bar = None
     if progress:
@@ -372,17 +441,23 @@ def _run_batch(cfgs: list[Config], st, data, data_root, progress, on_round=None)
     cpu_before = 0.0 if ckpt is None else ckpt.cpu_before  # None: resumed from a checkpoint without it
     cpu = None if cpu_before is None else (time.process_time() - c0 + cpu_before) / len(cfgs)
     results, start = [], 0
-    for c, pl in zip(cfgs, plans):
-        sl = slice(start, start + c.repeats)
-        start += c.repeats
+    for c, pl, (r0, pre) in zip(cfgs, plans, prefixes):
+        sl = slice(start, start + c.repeats - r0)
+        start += c.repeats - r0
         part = {"confusion": raw["confusion"][sl], "eval_rounds": raw["eval_rounds"],
                 "losses": raw["losses"][sl], "diverged_at": raw["diverged_at"][sl],
                 "updates": None if raw["updates"] is None else raw["updates"][sl],
                 "attack_success": None if raw.get("attack_success") is None else raw["attack_success"][sl],
                 "excluded": raw["aggregation"].excluded_frame(range(sl.start, sl.stop)),
                 "model": None if raw["model"] is None else {kk: v[sl] for kk, v in raw["model"].items()}}  # fmt: skip
-        resumed = {} if ckpt is None else {"resumed_after": ckpt.resumed_at}
-        results.append(_finish(c, pl, part, wall, st, batched_with=len(cfgs), cpu_s=cpu, **resumed))
+        extra = {} if ckpt is None else {"resumed_after": ckpt.resumed_at}
+        wall_c, cpu_c = wall, cpu
+        if pre is not None:  # repeats 0..r0-1 from the stored run: its time counts too
+            part = _extend(_raw_of(pre), part)
+            wall_c += float(pre.meta.get("wall_s") or 0.0)
+            cpu_c = None if cpu is None or pre.meta.get("cpu_s") is None else cpu + float(pre.meta["cpu_s"])
+            extra["extended_from"] = r0
+        results.append(_finish(c, pl, part, wall_c, st, batched_with=len(cfgs), cpu_s=cpu_c, **extra))
     if ckpt is not None:
         ckpt.remove()
     return results

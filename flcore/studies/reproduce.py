@@ -131,6 +131,9 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
                       (flcore.studies.report), e.g. docs/REPRODUCTION.md
     compare_with:     another profile whose Table 2 and Table 4 cells the report sets beside
                       this one's (e.g. the same runs with the authors' client state)
+    extends:          profiles (a name or a list) whose committed exports are imported before
+                      planning: where they hold the same configurations with fewer repeats,
+                      only the missing repeats train (e.g. 10 repeats on top of 3)
     """
     import yaml
 
@@ -138,10 +141,19 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
     if not path.exists():
         return {}
     d = yaml.safe_load(path.read_text()) or {}
-    allowed = {"export", "max_federations", "threads", "report", "description", "compare_with"}
+    allowed = {"export", "max_federations", "threads", "report", "description", "compare_with", "extends"}
     bad = sorted(set(d) - allowed) if isinstance(d, dict) else ["(not a mapping)"]
     if bad:
         raise ParameterError(f"{path}: unknown setting {bad[0]!r} (valid: {', '.join(sorted(allowed))})")
+    ext = d.get("extends", [])
+    ext = [ext] if isinstance(ext, str) else ext
+    known = {p.name for p in params_dir.parent.iterdir() if p.is_dir() and any(p.glob("[0-9][0-9]_*.yaml"))}
+    for name in ext if isinstance(ext, list) else [ext]:
+        if not isinstance(name, str) or name not in known or name == profile:
+            raise ParameterError(f"{path}: extends: {name!r} is not another profile (one of: "
+                                 f"{', '.join(sorted(known - {profile}))})")  # fmt: skip
+    if "extends" in d:
+        d["extends"] = ext
     return d
 
 
@@ -244,11 +256,15 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
 
     from flcore.runs import compute as cp
 
-    if (runs_dir / "runs.parquet").exists():
+    # the exports of the profiles this one extends first (their runs are the first repeats of
+    # this one's), then its own
+    for src in [root / "figures" / name / "runs" for name in settings.get("extends", [])] + [runs_dir]:
+        if not (src / "runs.parquet").exists():
+            continue
         from flcore.runs.export import import_runs
 
-        st = import_runs(runs_dir, store)
-        log(f"import {runs_dir}: {st['imported']} runs imported, {st['present']} already stored, "
+        st = import_runs(src, store)
+        log(f"import {src}: {st['imported']} runs imported, {st['present']} already stored, "
             f"{st['stale']} stale (computed by code with other numbers; skipped)"
             + (f"; {st['checkpoints']} stopped stacks resume from the export's checkpoints" if st["checkpoints"] else ""))  # fmt: skip
     per_nb = planned_configs(plan)
@@ -398,8 +414,12 @@ def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log,
         f"{len(p.stored):7d} {len(p.pending):8d}")  # fmt: skip
     log(f"pending: {len(p.pending)} configurations in {len(p.stacks)} stacks, {len(p.warmups)} warm-ups "
         f"first; {p.pending_rounds} experiment-rounds")  # fmt: skip
+    if p.extends:
+        held = sum(c.rounds * p.extends[store_key(c)] for c in p.pending if store_key(c) in p.extends)
+        log(f"  {len(p.extends)} of them extend a stored run of the same configuration with fewer "
+            f"repeats: only the missing repeats train ({held} experiment-rounds already stored)")  # fmt: skip
     for stack in p.stacks[:3]:
-        log(f"  e.g. a stack of {sum(c.repeats for c in stack)} federations: {len(stack)} configs, "
+        log(f"  e.g. a stack of {sum(p.to_train(c) for c in stack)} federations: {len(stack)} configs, "
             f"{stack[0].dataset}, {stack[0].rounds} rounds, {stack[0].precision}")  # fmt: skip
     if not p.pending_rounds:
         log("estimated wall time here: 0 s (everything is stored)")
