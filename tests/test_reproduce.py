@@ -372,3 +372,49 @@ def test_a_partial_reproduce_keeps_the_other_notebooks_runs_in_the_export(in_pro
     assert only_03 <= before
     execute("t", only=["01"], export=True, **kw)
     assert set(pd.read_parquet(runs)["key"]) == before
+
+
+def test_a_profile_extends_another_by_more_repeats_training_only_those(tmp_path, monkeypatch):
+    """A profile with `extends: base` imports base's export and trains only the repeats base's
+    runs lack; its Table 2 counts all of them; a bad `extends` is refused before any work."""
+    from flcore.runs import runner
+    from flcore.studies.reproduce import ParameterError
+
+    one = COMMON | {"warm_start": {"fmnist": 0}, "rounds": 2, "n_train": {"fmnist": 400}}
+    nb01 = {"pairs": [["fmnist", 4, 6]], "m_values": [0.0, 0.3], "fig1_pairs": [["fmnist", 4, 6]]}
+    params = tmp_path / "params"
+    for name, reps, prof in (("base", 1, {"export": True}), ("more", 2, {"export": True, "extends": "base"})):
+        (params / name).mkdir(parents=True)
+        (params / name / "01_feasibility.yaml").write_text(
+            yaml.safe_dump(one | nb01 | {"repeats": reps, "baseline_repeats": reps}))
+        (params / name / "profile.yaml").write_text(yaml.safe_dump(prof))
+    quiet = dict(only=["01"], threads=1, reports_dir=tmp_path / "reports", log=lambda *a, **k: None)
+    execute("base", params_dir=params / "base", extra={"output_dir": str(tmp_path / "figures"),
+            "results": str(tmp_path / "results-a")}, **quiet)  # fmt: skip
+    assert (tmp_path / "figures" / "base" / "runs" / "runs.parquet").exists()
+
+    # another store (a fresh machine): the dry run imports base's export and counts 1 repeat each
+    lines: list[str] = []
+    extra = {"output_dir": str(tmp_path / "figures"), "results": str(tmp_path / "results-b")}
+    execute("more", params_dir=params / "more", extra=extra, dry_run=True,
+            **(quiet | {"log": lambda *a, **k: lines.append(" ".join(map(str, a)))}))  # fmt: skip
+    text = "\n".join(lines)
+    assert "base/runs: 2 runs imported" in text, text
+    assert "2 of them extend a stored run" in text and "4 experiment-rounds" in text, text
+
+    trained: list[list[int]] = []
+    real = runner.simulate
+
+    def spy(cfg, plan, progress=None, feds=None, checkpoint=None):
+        trained.append([j for _, _, j in feds])
+        return real(cfg, plan, progress, feds=feds, checkpoint=checkpoint)
+
+    monkeypatch.setattr(runner, "simulate", spy)
+    execute("more", params_dir=params / "more", extra=extra, **quiet)
+    assert trained and all(j == 1 for js in trained for j in js), trained  # repeat 0 came from base
+    t2 = pd.read_csv(tmp_path / "figures" / "more" / "table2_source_recall_loss.csv")
+    assert (t2["runs"] == 2).all(), t2
+
+    (params / "more" / "profile.yaml").write_text(yaml.safe_dump({"extends": "nowhere"}))
+    with pytest.raises(ParameterError, match="'nowhere' is not another profile"):
+        execute("more", params_dir=params / "more", extra=extra, dry_run=True, **quiet)

@@ -469,6 +469,30 @@ def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None
     return d
 
 
+def more_repeats_section(profile: str, pairs, last: int, root: Path = REPO_ROOT, extra: dict | None = None) -> list[str]:
+    """Table 2 again from `profile`'s runs: the same cells with more repeats, each counted once
+    its configuration (and the clean baseline's) holds all of them."""
+    o = _frames(profile, root, None, extra)
+    p1 = o["params"].get("01_feasibility") or {}
+    md, _ = table2_section(o["final"], pairs, last)
+    done = len(o["plan"].stored)
+    return [
+        f"## Table 2 with {p1.get('repeats', '?')} repeats per cell",
+        "",
+        f"The profile `{profile}` runs the same cells with {p1.get('repeats', '?')} repeats per poisoned "
+        f"cell and {p1.get('baseline_repeats', '?')} for the clean model; its first repeats are the runs "
+        "above (repeat j is the same federation whatever the number of repeats), so only the others "
+        f"train. Configurations computed: **{done} of {len(o['plan'].configs)}**; a cell appears once "
+        "its configuration and the clean baseline of its pair are both stored"
+        + (". " if done == len(o["plan"].configs) else
+           f", and `python -m flcore reproduce --profile {profile}` continues the rest. ")
+        + "Same columns as above:",
+        "",
+        md if o["final"] is not None else "Not computed yet.",
+        "",
+    ]
+
+
 def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str, last: int = 20) -> str:
     """Table 2's loss and Table 4's final source recall of two profiles that differ in client
     state (`a`, `b`: their labels), beside the paper's, cell by cell (only where both have
@@ -658,6 +682,9 @@ def write(profile: str = "paper-fmnist", out: Path | None = None, root: Path = R
         "",
     ]
     settings = profile_settings(profile, params_dir or root / "params" / profile)
+    more = settings.get("more_repeats")
+    if more:
+        lines += more_repeats_section(more, pairs, last, root, extra)
     other = settings.get("compare_with")
     if other:
         o = _frames(other, root, None, extra)

@@ -131,6 +131,8 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
                       (flcore.studies.report), e.g. docs/REPRODUCTION.md
     compare_with:     another profile whose Table 2 and Table 4 cells the report sets beside
                       this one's (e.g. the same runs with the authors' client state)
+    more_repeats:     another profile running this one's Table 2 cells with more repeats,
+                      whose cells the report gives in a section of their own as they are stored
     extends:          profiles (a name or a list) whose committed exports are imported before
                       planning: where they hold the same configurations with fewer repeats,
                       only the missing repeats train (e.g. 10 repeats on top of 3)
@@ -141,7 +143,8 @@ def profile_settings(profile: str, params_dir: Path) -> dict:
     if not path.exists():
         return {}
     d = yaml.safe_load(path.read_text()) or {}
-    allowed = {"export", "max_federations", "threads", "report", "description", "compare_with", "extends"}
+    allowed = {"export", "max_federations", "threads", "report", "description", "compare_with", "extends",
+               "more_repeats"}
     bad = sorted(set(d) - allowed) if isinstance(d, dict) else ["(not a mapping)"]
     if bad:
         raise ParameterError(f"{path}: unknown setting {bad[0]!r} (valid: {', '.join(sorted(allowed))})")
@@ -258,7 +261,7 @@ def execute(profile: str, only: list[str] | None = None, device: str | None = No
 
     # the exports of the profiles this one extends first (their runs are the first repeats of
     # this one's), then its own
-    for src in [root / "figures" / name / "runs" for name in settings.get("extends", [])] + [runs_dir]:
+    for src in [figures.parent / name / "runs" for name in settings.get("extends", [])] + [runs_dir]:
         if not (src / "runs.parquet").exists():
             continue
         from flcore.runs.export import import_runs
