@@ -103,3 +103,15 @@ def test_an_extensions_checkpoint_is_its_own(tmp_path):
     ext.path.rename(whole.path)
     with pytest.warns(UserWarning, match="other repeats"):
         assert whole.load("cpu") is None
+
+
+@pytest.mark.parametrize("args, named", [(["--first", "10"], "--first 10"), (["--datasets", "mnist"], "'mnist'"),
+                                         (["--precisions", "fp16"], "'fp16'")])  # fmt: skip
+def test_repeat_prefix_benchmark_refuses_bad_arguments_before_any_work(args, named):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "repeat_prefix.py"
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and named in out.stderr, out.stderr
