@@ -106,9 +106,9 @@ def plan(configs, store="results", max_federations: int | None = None) -> Plan:
         if st.get(key) is not None:
             out.stored.append(cfg)
             stored.add(key)
-        elif prefix_repeats(cfg, st):
-            out.extends[key] = prefix_repeats(cfg, st)
-    todo = {k: next(c.repeats for c in out.configs if store_key(c) == k) - r for k, r in out.extends.items()}
+        elif r0 := prefix_repeats(cfg, st):
+            out.extends[key] = r0
+    todo = {store_key(c): out.to_train(c) for c in out.configs if store_key(c) in out.extends}
     for stack in batches(out.configs, max_federations, todo):
         if all(store_key(c) in stored for c in stack):
             continue
