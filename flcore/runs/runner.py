@@ -220,17 +220,17 @@ def _raw_of(res: Result) -> dict:
             "excluded": res.excluded, "model": res.model}  # fmt: skip
 
 
-def _extend(first: dict, rest: dict) -> dict:
-    """The raw arrays of repeats 0..r-1 (`first`, a stored run's) followed by those of the
-    repeats trained after them (`rest`)."""
-    out = {"eval_rounds": rest["eval_rounds"]}
+def _extend(stored: dict, trained: dict) -> dict:
+    """The raw arrays of repeats 0..r-1 (`stored`, a stored run's) followed by those of the
+    repeats trained after them (`trained`)."""
+    out = {"eval_rounds": trained["eval_rounds"]}
     for name in ("confusion", "losses", "diverged_at", "updates", "attack_success"):
-        a, b = first[name], rest[name]
+        a, b = stored[name], trained[name]
         out[name] = None if a is None or b is None else np.concatenate([a, b])
-    frames = [f for f in (first["excluded"], rest["excluded"]) if f is not None]
+    frames = [f for f in (stored["excluded"], trained["excluded"]) if f is not None]
     out["excluded"] = (pd.concat(frames, ignore_index=True).sort_values(
         ["repeat", "round", "participant"], kind="stable").reset_index(drop=True) if frames else None)  # fmt: skip
-    a, b = first["model"], rest["model"]
+    a, b = stored["model"], trained["model"]
     out["model"] = None if a is None or b is None else {k: np.concatenate([a[k], b[k]]) for k in b}
     return out
 
