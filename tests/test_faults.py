@@ -203,3 +203,21 @@ def test_compute_bar_advances_every_round(tmp_path, monkeypatch, cluster, where)
         assert bar.steps == [4] * 6  # 2 configs x 2 repeats per round
     else:  # events travel asynchronously: at least one came before the stack was stored
         assert len(bar.steps) > 1, bar.steps
+
+
+def test_local_cluster_survives_a_pause_of_the_whole_compute():
+    """A LocalCluster started by `sweep`/`reproduce` has no worker time-to-live: with Dask's
+    default (5 minutes) a compute paused with kill -STOP for longer had every worker declared
+    dead on kill -CONT and its stacks in flight cancelled (seen on 2026-12-05: two restarts
+    in one evening, each losing the rounds since the last checkpoint)."""
+    import dask
+    import distributed  # noqa: F401 - loads its configuration defaults
+
+    assert dask.config.get("distributed.scheduler.worker-ttl") is not None  # Dask's default
+    with S._client(None, 1) as client:
+        scheduler = client.cluster.scheduler
+        assert scheduler.worker_ttl is None
+        assert "worker-ttl" not in scheduler.periodic_callbacks
+        assert client.submit(os.getpid).result() != os.getpid()  # a real worker process
+    # the setting is the cluster's only: the global configuration is left as it was
+    assert dask.config.get("distributed.scheduler.worker-ttl") is not None

@@ -552,6 +552,7 @@ class _client:
         self.address, self.n_workers, self.cluster = address, n_workers, None
 
     def __enter__(self):
+        import dask
         from distributed import Client, LocalCluster
 
         self._environ = dict(os.environ)
@@ -559,10 +560,16 @@ class _client:
             self.client = Client(self.address)
         else:
             # dashboard on a free port (":0"): a second compute on the same machine then finds
-            # no port taken (the dashboard itself is served only where bokeh is installed)
-            self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1,
-                                        processes=True, host="127.0.0.1",
-                                        dashboard_address=":0")  # fmt: skip
+            # no port taken (the dashboard itself is served only where bokeh is installed).
+            # No worker time-to-live: the scheduler, workers and nannies of a LocalCluster share
+            # this machine, so a pause of the whole compute (kill -STOP on its process group, a
+            # laptop's sleep) stops them all, and with Dask's default of 5 minutes the scheduler
+            # would declare every worker dead on resume, cancel the stacks in flight and restart
+            # them from their checkpoints. A worker that dies is still noticed by its nanny.
+            with dask.config.set({"distributed.scheduler.worker-ttl": None}):
+                self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1,
+                                            processes=True, host="127.0.0.1",
+                                            dashboard_address=":0")  # fmt: skip
             self.client = Client(self.cluster)
         return self.client
 
