@@ -13,7 +13,10 @@ experiment-round (one repeat x one round):
             round / best large-batch (256) training throughput + 10,000 / best large-batch
             evaluation throughput, best over fp32 and bf16 autocast, channels_last.
 
-Each measurement runs in its own process (clean peak memory, no warm caches shared).
+Each measurement runs in its own process (clean peak memory, no warm caches shared) and
+times `--rounds` rounds after one untimed round of the same configuration: the steady cost of
+a round, which is what a 200-round run pays, without the first round's one-time costs
+(allocating and first touching the stack's buffers, about 2.5 s of a 10-repeat CIFAR-10 round).
 The last line per dataset is machine-readable (`RESULT ...`).
 
     python benchmarks/engine_speed.py [--datasets fmnist,cifar10] [--rounds 2] [--ideal-only]
@@ -43,7 +46,10 @@ def _worker(spec: dict) -> dict:
     cfg = Config(dataset=spec["dataset"], m=0.1, rounds=spec["rounds"], repeats=spec["repeats"],
                  engine=spec["engine"], precision=spec["precision"],
                  record_updates=spec.get("record", "none"))  # fmt: skip
-    run(cfg.replace(rounds=1, repeats=1, record_updates="none"), store=None, data=data, progress=False)  # warm-up
+    # warm-up: one untimed round of the same shape, so that the stack's buffers are allocated
+    # (and the freed memory kept) before the clock starts, as in every round but the first of
+    # a long run; the timed rounds are the steady per-round cost
+    run(cfg.replace(rounds=1), store=None, data=data, progress=False)
     t = time.perf_counter()
     run(cfg, store=None, data=data, progress=False)
     dt = time.perf_counter() - t
