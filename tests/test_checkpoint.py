@@ -203,21 +203,21 @@ def test_checkpoint_travels_with_the_export(tmp_path, monkeypatch):
 
 
 def test_export_reads_a_checkpoint_header_without_loading_it_and_skips_a_damaged_one(tmp_path, monkeypatch):
-    """`_saved` maps the file (its keys and round, without reading the tensors) and answers None
-    for a cut or foreign file, which is then neither exported nor imported."""
-    from flcore.runs.export import _saved
+    """`header` maps the file (its keys, first repeats and round, without reading the tensors)
+    and answers None for a cut or foreign file, which is then neither exported nor imported."""
+    from flcore.runs.checkpoint import header
 
     monkeypatch.setenv(CHECKPOINT_ENV, "0")
     cfgs = S.expand({**TINY, "rounds": 3})
     with pytest.raises(_Stop):
         train_stack(cfgs, store=tmp_path, on_round=_stop_after(2))
     (path,) = _checkpoints(tmp_path)
-    assert _saved(path) == {"keys": [store_key(c) for c in cfgs], "round": 2}
+    assert header(path) == {"keys": [store_key(c) for c in cfgs], "first": None, "round": 2}
     cut = tmp_path / "cut.pt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     other = tmp_path / "other.pt"
     other.write_bytes(b"not a checkpoint")
-    assert _saved(cut) is None and _saved(other) is None
+    assert header(cut) is None and header(other) is None
 
 
 def test_cpu_seconds_leave_out_the_time_the_process_did_not_run(tmp_path, monkeypatch):
@@ -262,3 +262,40 @@ def test_cpu_seconds_leave_out_the_time_the_process_did_not_run(tmp_path, monkey
     train_stack(cfgs, store=older)
     meta = Store(older).get(key).meta
     assert meta["cpu_s"] is None and meta["resumed_after"] == 2 and meta["wall_s"] > 0
+
+
+@pytest.mark.parametrize("where", ["in-process", "dask"])
+def test_stacks_stopped_part_way_train_first_and_count_only_their_rest(tmp_path, monkeypatch, where):
+    """A compute starts with the stacks a stopped compute left furthest along (then the others
+    in plan order), in this process and on Dask, so that a compute stopped again soon has
+    stored what it had nearly done; the dry run's estimate counts only their rounds left."""
+    import flcore.runs.compute as cp
+
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")
+    monkeypatch.setattr(cp, "_cpu_busy_share", lambda: 0.0)  # keep the calibration: same rates twice
+    cfgs = S.expand({**TINY, "rounds": 4, "m": [0.0, 0.1, 0.2]})
+    keys = [store_key(c) for c in cfgs]
+    store = tmp_path / "store"
+    fresh = cp.estimate(cp.plan(cfgs, store, max_federations=1), store, 1)
+    for c, at in ((cfgs[1], 1), (cfgs[2], 3)):
+        with pytest.raises(_Stop):
+            train_stack([c], store=store, on_round=_stop_after(at))
+    p = cp.plan(cfgs, store, max_federations=1)
+    assert [store_key(s[0]) for s in p.stacks] == keys  # plan order
+    assert [cp.saved_share(s, p, store) for s in p.stacks] == [0.0, 0.25, 0.75]
+    assert [store_key(s[0]) for s in cp.resume_order(p.stacks, p, store)] == keys[::-1]
+    resumed = cp.estimate(p, store, 1)
+    assert resumed["serial_seconds"] == pytest.approx(fresh["serial_seconds"] * (1 + 0.75 + 0.25) / 3)
+
+    order: list[str] = []
+    on_stack = lambda stack: order.append(store_key(stack[0]))  # noqa: E731
+    if where == "dask":
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as lc, Client(lc) as client:  # fmt: skip
+            cp.compute(cfgs, str(store), client, threads=1, max_federations=1, progress=False, on_stack=on_stack)
+    else:
+        cp.compute(cfgs, str(store), threads=1, max_federations=1, progress=False, on_stack=on_stack)
+    assert order == keys[::-1]
+    assert sorted(Store(store).keys()) == sorted(keys) and _checkpoints(store) == []

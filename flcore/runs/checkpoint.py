@@ -61,6 +61,30 @@ def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.glob("*.pt") if not p.name.startswith(".")) if folder.is_dir() else []
 
 
+def header(path: str | os.PathLike) -> dict | None:
+    """A checkpoint file's member keys, first trained repeats (None: all) and saved round; None
+    if it is unreadable. The file is mapped, not read: its tensors (for persistent CIFAR-10
+    clients, a gigabyte of momentum) stay on disk."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return {"keys": list(state["keys"]), "first": state.get("first"), "round": int(state["round"])}
+    except Exception:  # noqa: BLE001 - damaged: neither resumed first, exported nor imported
+        return None
+
+
+def saved_round(store_path: str | os.PathLike, keys: list[str], first: list[int] | None = None) -> int:
+    """The round up to which the stack of these members (and first trained repeats) is saved
+    in the store's checkpoints; 0 if it has none, or none it would resume."""
+    first = [int(r) for r in first] if first is not None and any(first) else None
+    path = Path(store_path) / CHECKPOINT_DIR / f"{stack_id(list(keys), first)}.pt"
+    info = header(path) if path.exists() else None
+    if info is None or info["keys"] != list(keys) or info["first"] != first:
+        return 0
+    return info["round"]
+
+
 def stack_id(keys: list[str], first: list[int] | None = None) -> str:
     """The id of a stack whose members have these store keys, in stack order; `first`: the
     first repeat each member trains (all 0, or None: every repeat; the id of such a stack is

@@ -200,7 +200,9 @@ def compute(configs, store="results", executor=None, *, threads: int | None = No
              "computed": len(p.pending), "stacks": len(p.stacks), "warmups": len(p.warmups),
              "experiment_rounds": p.pending_rounds, "threads": threads}  # fmt: skip
     t0 = time.perf_counter()
-    waves = [[[w] for w in p.warmups], p.stacks]  # warm-ups first: stacks start from them
+    # warm-ups first: stacks start from them; then the stacks a stopped compute left furthest
+    # along, so that the work a next stop would lose is as little as can be
+    waves = [[[w] for w in p.warmups], resume_order(p.stacks, p, store)]
     with _bar(progress, p.pending_rounds) as bar:
         for wave in waves:
             if not wave:
@@ -224,6 +226,23 @@ def compute(configs, store="results", executor=None, *, threads: int | None = No
             f"({stats['warmups']} warm-ups first), {stats['stored']} already stored, "
             f"{stats['wall_s']:.0f} s")  # fmt: skip
     return stats
+
+
+def resume_order(stacks: list[list[Config]], p: Plan, store) -> list[list[Config]]:
+    """`stacks` with those that have a checkpoint in `store` first, the furthest along first
+    (by the share of their rounds saved), the others after them in plan order. A compute that
+    is stopped again soon (a session's end, a preempted node) then finishes, and stores, the
+    configurations it had nearly done instead of starting others."""
+    share = [saved_share(s, p, store) for s in stacks]
+    return [stacks[i] for i in sorted(range(len(stacks)), key=lambda i: -share[i])]
+
+
+def saved_share(stack: list[Config], p: Plan, store) -> float:
+    """The share of the stack's rounds its checkpoint in `store` holds (0: none)."""
+    from flcore.runs.checkpoint import saved_round
+
+    first = [p.extends.get(store_key(c), 0) for c in stack]
+    return saved_round(store, [store_key(c) for c in stack], first) / stack[0].rounds
 
 
 def _bar(progress: bool, total: int):
@@ -272,10 +291,11 @@ def _run_dask(client, wave: list[list[Config]], store, data_root, threads, retri
     if progress:
         client.subscribe_topic(topic, lambda event: credit.set(event[1]["stack"], event[1]["fraction"]))
     futures, stacks = [], {}
-    for stack in wave:
+    for i, stack in enumerate(wave):  # in the wave's order: the first has the highest priority
         key = _stack_key(stack)
         fut = client.submit(run_stack, [c.to_dict() for c in stack], store, data_root, threads,
-                            (topic, key) if progress else None, key=key, pure=False, retries=retries)  # fmt: skip
+                            (topic, key) if progress else None, key=key, pure=False, retries=retries,
+                            priority=len(wave) - i)  # fmt: skip
         futures.append(fut)
         stacks[fut.key] = stack
     try:
@@ -379,7 +399,8 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
     """Estimated seconds to compute `p`'s pending stacks here: per dataset and settings one
     calibration (`calibrate`) at the stack size that carries most of the pending work, kept
     in the store's CALIBRATION_FILE for later dry runs on this machine, scaled by each
-    stack's training samples and evaluated test images.
+    stack's training samples and evaluated test images; a stack stopped part-way counts only
+    the rounds after its checkpoint.
 
     workers: stacks computed at once (Dask workers; 1: in this process). The warm-ups, then
              the stacks, are dealt longest first to the worker free soonest, as the scheduler
@@ -434,12 +455,13 @@ def estimate(p: Plan, store="results", threads: int | None = None, data_root=Non
             n_train = c.n_train if c.n_train is not None else c.spec.train_size
             samples = c.rounds * c.k * (n_train / c.num_participants) * c.local_epochs
             secs += p.to_train(c) * (samples * cal["train_s"] + _eval_images(c) * cal["eval_s"])
-        total += secs
-        secs_of.append(secs)
         label = f"{lead.dataset} {lead.precision}, stacks of {G}"
         rate = per_round.setdefault(label, [0.0, 0])
         rate[0] += secs
         rate[1] += sum(p.rounds_to_train(c) for c in stack)
+        secs *= 1.0 - saved_share(stack, p, store)  # a stopped stack resumes at its checkpoint
+        total += secs
+        secs_of.append(secs)
     keep = {k: v for k, v in cache.items() if not v.get("busy")}
     try:
         with open(path + ".tmp", "w") as f:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from flcore import __version__
 from flcore.config import Config
-from flcore.runs.checkpoint import checkpoint_files
+from flcore.runs.checkpoint import checkpoint_files, header
 
 __all__ = ["export_runs", "import_runs"]
 
@@ -93,18 +93,6 @@ def export_runs(store, keys, folder) -> dict:
     return {"runs": len(runs), "checkpoints": n_ckpt, "bytes": size, "folder": str(folder)}
 
 
-def _saved(path: Path) -> dict | None:
-    """A checkpoint file's member keys and saved round (None: unreadable). The file is mapped,
-    not read: its tensors (for persistent CIFAR-10 clients, a gigabyte of momentum) stay on disk."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return {"keys": list(state["keys"]), "round": int(state["round"])}
-    except Exception:  # noqa: BLE001 - damaged: neither exported nor imported
-        return None
-
-
 def _copy(src: Path, dst: Path) -> None:
     import shutil
 
@@ -121,7 +109,7 @@ def _export_checkpoints(st, keys: set, stored: set, dest: Path) -> int:
 
     keep = {}
     for p in checkpoint_files(st.path / CHECKPOINT_DIR):
-        info = _saved(p)
+        info = header(p)
         if info is not None and set(info["keys"]) <= keys and not set(info["keys"]) <= stored:
             keep[p.name] = p
     for name, p in keep.items():
@@ -184,11 +172,11 @@ def _import_checkpoints(src: Path, st) -> int:
 
     n = 0
     for p in checkpoint_files(src):
-        theirs = _saved(p)
+        theirs = header(p)
         if theirs is None or all(st.has(k) for k in theirs["keys"]):
             continue
         dst = st.path / CHECKPOINT_DIR / p.name
-        ours = _saved(dst) if dst.exists() else None
+        ours = header(dst) if dst.exists() else None
         if ours is None or ours["round"] < theirs["round"]:
             _copy(p, dst)
             n += 1

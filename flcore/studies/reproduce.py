@@ -421,6 +421,14 @@ def _print_plan(profile, per_nb: dict, full_plan, store: Path, threads, log,
         held = sum(c.rounds * p.extends[store_key(c)] for c in p.pending if store_key(c) in p.extends)
         log(f"  {len(p.extends)} of them extend a stored run of the same configuration with fewer "
             f"repeats: only the missing repeats train ({held} experiment-rounds already stored)")  # fmt: skip
+    saved = [(stack, cp.saved_share(stack, p, store)) for stack in p.stacks]
+    saved = [(stack, f) for stack, f in saved if f > 0]
+    if saved:
+        saved.sort(key=lambda sf: -sf[1])
+        done = sum(round(f * sum(p.rounds_to_train(c) for c in stack)) for stack, f in saved)
+        log(f"  {len(saved)} stacks were stopped part-way and resume from their checkpoints, before the "
+            f"others: saved at round {', '.join(str(round(f * st[0].rounds)) for st, f in saved)} of "
+            f"{saved[0][0][0].rounds} ({done} of the experiment-rounds above already trained)")  # fmt: skip
     for stack in p.stacks[:3]:
         log(f"  e.g. a stack of {sum(p.to_train(c) for c in stack)} federations: {len(stack)} configs, "
             f"{stack[0].dataset}, {stack[0].rounds} rounds, {stack[0].precision}")  # fmt: skip
