@@ -23,7 +23,7 @@ from flcore.runs import compute as cp
 from flcore.runs.export import export_runs, import_runs
 from flcore.runs.runner import store_key
 from flcore.runs.store import Store
-from flcore.studies.reproduce import REPO_ROOT, execute, planned_configs, prepare, render
+from flcore.studies.reproduce import REPO_ROOT, execute, planned_configs, prepare, profile_settings, render
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -225,6 +225,14 @@ def test_client_state_profile_plans_the_same_cells_persistent():
     keys = {store_key(c) for cs in stateless.values() for c in cs}
     assert not keys & {store_key(c) for cs in persistent.values() for c in cs}
     assert [c.replace(client_state="stateless") for c in persistent["01_feasibility"]] == stateless["01_feasibility"]
+    # and at 10 repeats: paper-fmnist-persistent-10 is paper-fmnist-10 with the authors' client
+    # state, extending paper-fmnist-persistent's runs as paper-fmnist-10 extends paper-fmnist's
+    (ten,) = planned_configs(prepare("paper-fmnist-10")[1]).values()
+    (ten_p,) = planned_configs(prepare("paper-fmnist-persistent-10")[1]).values()
+    assert ten_p == [c.replace(client_state="persistent") for c in ten]
+    assert [c.replace(repeats=3) for c in ten_p if c.m > 0] == [c for c in persistent["01_feasibility"] if c.m > 0]
+    assert profile_settings("paper-fmnist-persistent-10", REPO_ROOT / "params" / "paper-fmnist-persistent-10")["extends"] == ["paper-fmnist-persistent"]
+    assert profile_settings("paper-fmnist-10", REPO_ROOT / "params" / "paper-fmnist-10")["compare_with"] == "paper-fmnist-persistent-10"
 
 
 def test_client_state_section_says_which_mode_is_closer(in_process):
@@ -270,7 +278,12 @@ def test_client_state_section_says_which_mode_is_closer(in_process):
     t2 = [c for c in cells(text) if c["table"].startswith("2") and c["a"] != "–"]
     assert t2 and all(c["closer"] == "no difference" for c in t2)
     none = client_state_section(final, late, None, None, pairs, "a", "b")
-    assert all(c["closer"] == "–" for c in cells(none)) and "No cell is computed in both modes yet." in none
+    assert all(c["closer"] == "–" for c in cells(none)) and none.count("No cell is computed in both modes yet.") == 1
+    # profiles that run Table 2 only (as this one, and paper-fmnist-10 against paper-fmnist-persistent-10):
+    # no Table 4 rows, and the summary says Table 2
+    only2 = client_state_section(final, None, lower, None, pairs, "a", "b")
+    assert cells(only2) and all(c["table"].startswith("2") for c in cells(only2))
+    assert "On the final round (Table 2), of the" in only2 and "Tables 2 and 4" not in only2
 
 
 def test_dry_run_estimate_spreads_stacks_over_workers(tmp_path, monkeypatch):

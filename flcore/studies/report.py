@@ -472,10 +472,13 @@ def _frames(profile: str, root: Path = REPO_ROOT, params_dir: Path | None = None
 def more_repeats_section(profile: str, pairs, last: int, root: Path = REPO_ROOT, extra: dict | None = None) -> list[str]:
     """Table 2 again from `profile`'s runs: the same cells with more repeats, each counted once
     its configuration (and the clean baseline's) holds all of them."""
+    from flcore.studies.reproduce import profile_settings
+
     o = _frames(profile, root, None, extra)
     p1 = o["params"].get("01_feasibility") or {}
     md, _ = table2_section(o["final"], pairs, last)
     done = len(o["plan"].stored)
+    other = profile_settings(profile, root / "params" / profile).get("compare_with")
     return [
         f"## Table 2 with {p1.get('repeats', '?')} repeats per cell",
         "",
@@ -489,6 +492,29 @@ def more_repeats_section(profile: str, pairs, last: int, root: Path = REPO_ROOT,
         + "Same columns as above:",
         "",
         md if o["final"] is not None else "Not computed yet.",
+        "",
+    ] + (client_state_more_repeats(profile, o, other, pairs, last, root, extra) if other else [])
+
+
+def client_state_more_repeats(profile: str, o: dict, other: str, pairs, last: int, root: Path = REPO_ROOT,
+                              extra: dict | None = None) -> list[str]:  # fmt: skip
+    """The two client-state modes compared on Table 2 with more repeats: `profile` (its frames
+    `o`) against the profile `other`, which runs the same cells in the other mode."""
+    q = _frames(other, root, None, extra)
+    reps = (o["params"].get("01_feasibility") or {}).get("repeats", "?")
+    mode_a = (o["params"].get("01_feasibility") or {}).get("client_state", "stateless")
+    mode_b = (q["params"].get("01_feasibility") or {}).get("client_state", "stateless")
+    a, b = f"{profile} ({mode_a})", f"{other} ({mode_b})"
+    n, of = len(q["plan"].stored), len(q["plan"].configs)
+    return [
+        f"### Client state with {reps} repeats per cell",
+        "",
+        f"The profile `{other}` runs these cells with the other client state ({n} of {of} "
+        "configurations computed" + ("" if n == of else f"; `python -m flcore reproduce --profile {other}` "
+                                    "computes the rest") + "). Compared as in the section on client "
+        "state below, with up to 10 paired repeats per cell instead of 3:",
+        "",
+        client_state_section(o["final"], None, q["final"], None, pairs, a, b, last),
         "",
     ]
 
@@ -517,6 +543,9 @@ def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str
                                    _paired(ra, rb, sel, "loss_last"), a, b))  # fmt: skip
     t4a, t4b = _t4_of(late_a), _t4_of(late_b)
     p4 = ex.PAPER_TABLE4[ex.PAPER_TABLE4["dataset"] == DATASET]
+    tables = "Tables 2 and 4"
+    if late_a is None and late_b is None:  # neither profile runs Table 4 (notebook 03)
+        p4, tables = p4.iloc[:0], "Table 2"
     for r in p4.itertuples(index=False):
         if (DATASET, r.src, r.tgt) not in pairs:
             continue
@@ -529,9 +558,9 @@ def client_state_section(final_a, late_a, final_b, late_b, pairs, a: str, b: str
             rows.append(_compared(cell, getattr(r, setting), sa, sb, d, a, b))
     df = pd.DataFrame(rows)
     text = _md(df.drop(columns=[c for c in df.columns if c.startswith("_")])) + "\n\n"
-    text += _tally(df, a, b, "the final round (Tables 2 and 4)")
+    text += _tally(df, a, b, f"the final round ({tables})")
     t2_last = pd.DataFrame(last_rows)
-    if len(t2_last):
+    if len(t2_last) and (t2_last["closer"] != "–").any():
         text += " " + _tally(t2_last, a, b, f"Table 2's mean over the last {last} rounds")
     return text
 
