@@ -233,8 +233,7 @@ def resume_order(stacks: list[list[Config]], p: Plan, store) -> list[list[Config
     (by the share of their rounds saved), the others after them in plan order. A compute that
     is stopped again soon (a session's end, a preempted node) then finishes, and stores, the
     configurations it had nearly done instead of starting others."""
-    share = [saved_share(s, p, store) for s in stacks]
-    return [stacks[i] for i in sorted(range(len(stacks)), key=lambda i: -share[i])]
+    return sorted(stacks, key=lambda s: -saved_share(s, p, store))  # stable: plan order kept among equals
 
 
 def saved_share(stack: list[Config], p: Plan, store) -> float:
